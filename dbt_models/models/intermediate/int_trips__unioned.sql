@@ -1,0 +1,30 @@
+-- Trips of every source in one shape, before vehicle identities are resolved.
+with avl as (
+    select
+        avl_trip_id as trip_id,
+        'avl' as source,
+        source_trip_id,
+        source_vehicle_id,
+        started_at,
+        ended_at,
+        duration_s,
+        duration_s - idle_s as driving_s,
+        idle_s,
+        distance_km,
+        max_speed_kmh,
+        fuel_used_l,
+        fuel_cost,
+        start_lat,
+        start_lon,
+        start_address,
+        end_lat,
+        end_lon,
+        end_address
+    from {{ ref('stg_avl__trips') }}
+),
+
+final as (
+    select * from avl
+)
+
+select * from final

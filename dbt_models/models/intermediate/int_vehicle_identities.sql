@@ -1,0 +1,22 @@
+-- Every vehicle identity seen in any source, with its fleet vehicle_id from the seed map.
+with seen as (
+    select distinct 'avl' as source, source_vehicle_id, source_vehicle_id as source_name
+    from {{ ref('stg_avl__trips') }}
+),
+
+identity_map as (
+    select * from {{ ref('vehicle_identities') }}
+),
+
+final as (
+    select
+        coalesce(m.vehicle_id, seen.source || ':' || seen.source_vehicle_id) as vehicle_id,
+        coalesce(m.display_name, seen.source_name) as display_name,
+        seen.source,
+        seen.source_vehicle_id
+    from seen
+    left join identity_map as m
+        on m.source = seen.source and m.source_vehicle_id = seen.source_vehicle_id
+)
+
+select * from final

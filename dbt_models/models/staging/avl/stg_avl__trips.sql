@@ -1,0 +1,50 @@
+-- One row per AVL trip. The lake already holds UTC timestamps and one row per natural key
+-- (device_name, trip_start) per landing; the window below also guards against a trip that was
+-- landed in two partitions by an earlier, differently-zoned run.
+with source as (
+    select * from {{ source('avl', 'trips') }}
+),
+
+typed as (
+    select
+        device_name,
+        cast(trip_start as timestamptz) as started_at,
+        cast(trip_end as timestamptz) as ended_at,
+        trip_start_address as start_address,
+        trip_start_lat as start_lat,
+        trip_start_lon as start_lon,
+        trip_end_address as end_address,
+        trip_end_lat as end_lat,
+        trip_end_lon as end_lon,
+        kms as distance_km,
+        duration_min * 60 as duration_s,
+        idle_min * 60 as idle_s,
+        max_speed as max_speed_kmh,
+        -- The API reports 0 when no consumption rate or price is configured: unknown, not zero.
+        nullif(fuel, 0) as fuel_used_l,
+        nullif(cost, 0) as fuel_cost,
+        extracted_at,
+        cast(day as date) as day
+    from source
+),
+
+deduplicated as (
+    select *
+    from typed
+    qualify row_number() over (
+        partition by device_name, started_at order by extracted_at desc
+    ) = 1
+),
+
+final as (
+    select
+        md5('avl|' || device_name || '|' || strftime(started_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%S'))
+            as avl_trip_id,
+        device_name || '|' || strftime(started_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%SZ')
+            as source_trip_id,
+        device_name as source_vehicle_id,
+        *
+    from deduplicated
+)
+
+select * from final

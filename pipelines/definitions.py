@@ -1,0 +1,58 @@
+"""Definitions: each source's assets and schedules, the dbt models, and their resources."""
+
+import os
+
+from dagster import DailyPartitionsDefinition, Definitions, EnvVar
+
+from pipelines.dbt import build_dbt_assets, dbt_resource
+from pipelines.resources import LakeResource
+from pipelines.settings import FleetSettings, get_settings, load_env_file
+from pipelines.sources.avl.assets import build_avl_defs
+from pipelines.sources.avl.resources import AvlResource
+
+
+def _secret(name: str) -> EnvVar | None:
+    """Secrets only through EnvVar; an unset one stays None so the asset can name it in one line."""
+    return EnvVar(name) if os.environ.get(name) else None
+
+
+def build_resources(settings: FleetSettings) -> dict[str, object]:
+    ledger = str(settings.fleet_ratelimit_db)
+    return {
+        "lake": LakeResource(lake_dir=str(settings.lake_dir)),
+        "avl": AvlResource(
+            base_url=settings.avl_base_url,
+            token=_secret("AVL_TOKEN"),
+            api_key=_secret("AVL_API_KEY"),
+            tenant=settings.avl_tenant,
+            devices=settings.avl_devices,
+            timezone=settings.avl_timezone,
+            idle_min=settings.avl_idle_min,
+            duration_min=settings.avl_duration_min,
+            rate_limit=settings.avl_rate_limit,
+            ratelimit_db=ledger,
+        ),
+        "dbt": dbt_resource(),
+    }
+
+
+def daily_partitions(settings: FleetSettings) -> DailyPartitionsDefinition:
+    return DailyPartitionsDefinition(
+        start_date=settings.fleet_start_date.isoformat(), timezone="UTC"
+    )
+
+
+def build_defs(settings: FleetSettings | None = None) -> Definitions:
+    settings = settings or get_settings()
+    partitions = daily_partitions(settings)
+    return Definitions.merge(
+        build_avl_defs(partitions),
+        Definitions(
+            assets=[build_dbt_assets(settings.lake_dir, settings.duckdb_path)],
+            resources=build_resources(settings),
+        ),
+    )
+
+
+load_env_file()
+defs = build_defs()
