@@ -135,7 +135,10 @@ class SimServer:
 
     def start(self) -> SimServer:
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"sim-{self.name}", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},  # quick shutdown between tests
+            name=f"sim-{self.name}",
+            daemon=True,
         )
         self._thread.start()
         return self

@@ -1,0 +1,1 @@
+"""The embedded simulator: one deterministic world served as the four vendor APIs."""

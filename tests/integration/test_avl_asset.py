@@ -1,0 +1,150 @@
+"""`raw/avl/trips` end to end: real Dagster runs against the simulator over real HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pyarrow.compute as pc
+import pytest
+from dagster import AssetKey, ExecuteInProcessResult, materialize
+
+from pipelines.definitions import build_defs
+from pipelines.lake import Lake
+from pipelines.simulator.avl import AvlServer
+from pipelines.sources.avl.client import plan_windows
+
+AVL_KEY = AssetKey(["raw", "avl", "trips"])
+TALLINN = ZoneInfo("Europe/Tallinn")
+
+
+def run_avl(first: date, last: date) -> ExecuteInProcessResult:
+    defs = build_defs()
+    return materialize(
+        list(defs.assets),
+        resources=defs.resources,
+        selection=[AVL_KEY],
+        tags={
+            "dagster/asset_partition_range_start": first.isoformat(),
+            "dagster/asset_partition_range_end": last.isoformat(),
+        },
+        raise_on_error=False,
+    )
+
+
+def metadata(result: ExecuteInProcessResult) -> dict:
+    event = result.get_asset_materialization_events()[-1]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def truth(server: AvlServer, first: date, last: date) -> set[tuple[str, datetime]]:
+    """(device_name, UTC start) of every real trip the API reports for those UTC days."""
+    start = datetime.combine(first, datetime.min.time(), UTC)
+    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
+    return {
+        (server.world.vehicles[t.vehicle_index].avl_device_name, t.started_at)
+        for t in server.world.trips(start, end)
+        if "avl" in server.world.vehicles[t.vehicle_index].sources
+    }
+
+
+def landed(env) -> list[dict]:
+    table = Lake(env.lake_dir).read("avl", "trips")
+    return (
+        table.drop_columns(["extracted_at"])
+        .sort_by([("trip_start", "ascending"), ("device_name", "ascending")])
+        .to_pylist()
+    )
+
+
+def test_three_month_backfill_makes_zero_429s_and_the_minimum_requests(
+    avl_env, avl_sim: AvlServer
+) -> None:
+    first, last = date(2026, 1, 1), date(2026, 3, 31)
+    assert avl_sim.rate_limit == (
+        10,
+        3.0,
+    )  # the simulator enforces 10 per 3 s, as does AVL_RATE_LIMIT
+    result = run_avl(first, last)
+    assert result.success
+    windows = plan_windows([first + timedelta(days=i) for i in range(90)], TALLINN)
+    minimum = sum(
+        max(1, -(-len(avl_sim.expected_rows(w.startdate, w.enddate)) // 100)) for w in windows
+    )
+    statuses = [r.status for r in avl_sim.requests()]
+    assert statuses == [200] * minimum
+    meta = metadata(result)
+    assert meta["api_requests"] == minimum and meta["http_429s"] == 0 and meta["retries"] == 0
+    rows = landed(avl_env)
+    keys = {(r["device_name"], r["trip_start"]) for r in rows}
+    assert len(keys) == len(rows)  # no duplicates
+    assert keys == truth(avl_sim, first, last)
+    orphans = sum(
+        1
+        for w in windows
+        for r in avl_sim.expected_rows(w.startdate, w.enddate)
+        if r["trip_start"] is None
+    )
+    assert orphans > 0 and meta["null_trip_start_rows"] == orphans
+    assert meta["rows"] == len(rows) and meta["files"] == 90 and meta["bytes"] > 0
+
+
+def test_rows_land_in_the_partition_of_their_utc_start_day(avl_env, avl_sim: AvlServer) -> None:
+    assert run_avl(date(2026, 3, 20), date(2026, 3, 31)).success
+    lake = Lake(avl_env.lake_dir)
+    table = lake.read("avl", "trips")
+    assert pc.all(pc.equal(pc.cast(table["trip_start"], "date32"), table["day"])).as_py()
+    # Local timestamps were read in Europe/Tallinn (UTC+2, UTC+3 from 2026-03-29).
+    for row in table.to_pylist():
+        local = datetime.fromisoformat(row["trip_start_local"]).replace(tzinfo=TALLINN)
+        assert local.astimezone(UTC) == row["trip_start"]
+    assert len(lake.files("avl", "trips")) == 12
+
+
+def test_rematerializing_a_range_gives_the_same_rows(avl_env, avl_sim: AvlServer) -> None:
+    first, last = date(2026, 2, 10), date(2026, 2, 24)
+    assert run_avl(first, last).success
+    before = landed(avl_env)
+    files_before = Lake(avl_env.lake_dir).files("avl", "trips")
+    assert run_avl(first, last).success
+    assert landed(avl_env) == before
+    assert Lake(avl_env.lake_dir).files("avl", "trips") == files_before
+
+
+def test_a_5xx_burst_and_cut_connections_lose_nothing_and_duplicate_nothing(
+    avl_env, avl_sim: AvlServer
+) -> None:
+    first, last = date(2026, 2, 1), date(2026, 2, 20)
+    avl_sim.faults.next_5xx = 3
+    avl_sim.faults.next_cut = 2
+    result = run_avl(first, last)
+    assert result.success
+    rows = landed(avl_env)
+    keys = [(r["device_name"], r["trip_start"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == truth(avl_sim, first, last)
+    assert metadata(result)["retries"] == 5
+
+
+@pytest.mark.parametrize("variable", ["AVL_TOKEN", "AVL_BASE_URL"])
+def test_a_missing_credential_fails_the_run_with_one_line_naming_it(
+    avl_env, avl_sim: AvlServer, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.delenv(variable)
+    result = run_avl(date(2026, 3, 1), date(2026, 3, 1))
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data
+    assert (
+        failure.user_failure_data.description == f"{variable} is not set (needed by raw/avl/trips)"
+    )
+    assert avl_sim.requests() == []
+
+
+def test_secrets_never_reach_the_lake_or_metadata(avl_env, avl_sim: AvlServer) -> None:
+    result = run_avl(date(2026, 3, 30), date(2026, 3, 31))
+    assert result.success
+    blob = b"".join(p.read_bytes() for p in Lake(avl_env.lake_dir).files("avl", "trips"))
+    text = str(metadata(result))
+    for secret in (avl_sim.token, avl_sim.api_key):
+        assert secret.encode() not in blob and secret not in text
+    assert all("token" not in r.query for r in avl_sim.requests())
