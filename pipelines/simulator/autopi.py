@@ -623,15 +623,7 @@ class AutoPiServer(SimServer):
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> AutoPiServer:
-        # Like SimServer.start, but with a short poll interval: `stop()` (socketserver's
-        # shutdown) then returns in ~50 ms instead of 0.5 s, which adds up over a test suite.
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"sim-{self.name}",
-            daemon=True,
-        )
-        self._thread.start()
+        super().start()
         if self.webhook_url and self.webhook_poll_s > 0:
             self._ticker = threading.Thread(target=self._tick, name="sim-autopi-tick", daemon=True)
             self._ticker.start()

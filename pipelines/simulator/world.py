@@ -316,6 +316,29 @@ class World:
     def vehicles_of(self, source: str) -> list[Vehicle]:
         return [v for v in self.vehicles if source in v.sources]
 
+    def identity_rows(self) -> list[dict[str, str]]:
+        """Each vendor's identity of each vehicle, for the `vehicle_identities` dbt seed.
+
+        AVL `device_name`, AutoPi device id, kt1 asset id, Metrotec object id.
+        """
+        ids = {
+            "avl": lambda v: v.avl_device_name,
+            "autopi": lambda v: v.autopi_device_id,
+            "kt1": lambda v: v.kt1_asset_id,
+            "metrotec": lambda v: v.metrotec_object_id,
+        }
+        return [
+            {
+                "source": source,
+                "source_vehicle_id": ident(v),
+                "vehicle_id": v.vehicle_id,
+                "display_name": v.display_name,
+            }
+            for v in self.vehicles
+            for source, ident in ids.items()
+            if source in v.sources
+        ]
+
     def day_range(self) -> list[date]:
         return [self.start_day + timedelta(days=d) for d in range(self.days)]
 
