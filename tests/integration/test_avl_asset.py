@@ -148,3 +148,13 @@ def test_secrets_never_reach_the_lake_or_metadata(avl_env, avl_sim: AvlServer) -
     for secret in (avl_sim.token, avl_sim.api_key):
         assert secret.encode() not in blob and secret not in text
     assert all("token" not in r.query for r in avl_sim.requests())
+
+
+def test_daily_schedule_repulls_the_last_two_complete_days(fleet_env) -> None:
+    from dagster import build_schedule_context
+
+    schedule = build_defs().resolve_schedule_def("avl_trips_daily")
+    context = build_schedule_context(scheduled_execution_time=datetime(2026, 4, 1, 3, 15, tzinfo=UTC))
+    (request,) = schedule.evaluate_tick(context).run_requests
+    assert request.tags["dagster/asset_partition_range_start"] == "2026-03-30"
+    assert request.tags["dagster/asset_partition_range_end"] == "2026-03-31"

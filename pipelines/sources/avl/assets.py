@@ -1,15 +1,20 @@
 """`raw/avl/trips`: daily UTC partitions, any range in one run, landed per UTC day."""
 
+import warnings
 from datetime import date, datetime, timedelta
 
+import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetsDefinition,
     BackfillPolicy,
+    BetaWarning,
     DailyPartitionsDefinition,
     Definitions,
     MaterializeResult,
     RunRequest,
+    ScheduleDefinition,
     ScheduleEvaluationContext,
     asset,
     schedule,
@@ -36,6 +41,15 @@ def partition_days(context: AssetExecutionContext) -> list[date]:
 
 
 def build_avl_defs(partitions: DailyPartitionsDefinition) -> Definitions:
+    with warnings.catch_warnings():
+        # `backfill_policy` is marked beta; single-run backfills are the point of this asset.
+        warnings.simplefilter("ignore", BetaWarning)
+        avl_trips = _build_asset(partitions)
+    schedule_ = _build_schedule(avl_trips, partitions)
+    return Definitions(assets=[avl_trips], schedules=[schedule_])
+
+
+def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
     @asset(
         key=ASSET_KEY,
         partitions_def=partitions,
@@ -59,11 +73,18 @@ def build_avl_defs(partitions: DailyPartitionsDefinition) -> Definitions:
         context.log.info(
             f"AVL trips for {days[0]}..{days[-1]} ({len(days)} days), tz {avl.timezone}"
         )
+        lake_ = lake.lake()
+
+        def land(window_days: list[date], table: pa.Table) -> tuple[int, int]:
+            written = lake_.replace_partitions("avl", "trips", window_days, table)
+            return len(written), sum(w.bytes for w in written.values())
+
         try:
             result = extract_trips(
                 client,
                 days,
                 tz=avl.zone,
+                land=land,
                 devices=avl.device_ids,
                 idle_min=avl.idle_min,
                 duration_min=avl.duration_min,
@@ -71,7 +92,6 @@ def build_avl_defs(partitions: DailyPartitionsDefinition) -> Definitions:
             )
         finally:
             client.close()
-        written = lake.lake().replace_partitions("avl", "trips", days, result.table)
         if result.null_trip_start:
             context.log.warning(
                 f"{result.null_trip_start} AVL rows had no trip_start and were not loaded"
@@ -79,9 +99,9 @@ def build_avl_defs(partitions: DailyPartitionsDefinition) -> Definitions:
         stats = client.stats
         return MaterializeResult(
             metadata={
-                "rows": len(result.table),
-                "files": len(written),
-                "bytes": sum(w.bytes for w in written.values()),
+                "rows": result.rows_loaded,
+                "files": result.files,
+                "bytes": result.bytes,
                 **stats.as_metadata(),
                 "rows_received": result.rows_received,
                 "null_trip_start_rows": result.null_trip_start,
@@ -93,6 +113,12 @@ def build_avl_defs(partitions: DailyPartitionsDefinition) -> Definitions:
             }
         )
 
+    return avl_trips
+
+
+def _build_schedule(
+    avl_trips: AssetsDefinition, partitions: DailyPartitionsDefinition
+) -> ScheduleDefinition:
     @schedule(
         name="avl_trips_daily",
         cron_schedule="15 3 * * *",
@@ -113,4 +139,4 @@ def build_avl_defs(partitions: DailyPartitionsDefinition) -> Definitions:
             },
         )
 
-    return Definitions(assets=[avl_trips], schedules=[avl_trips_daily])
+    return avl_trips_daily

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -70,15 +71,20 @@ def _float(value: Any) -> float | None:
 
 @dataclass
 class AvlExtract:
-    """Rows for the requested days plus the counts a user needs to trust them."""
+    """What a run fetched and landed, with the counts a user needs to trust it."""
 
-    table: pa.Table
     rows_received: int = 0
+    rows_loaded: int = 0
     null_trip_start: int = 0
     duplicates_dropped: int = 0
     outside_range: int = 0
     windows: int = 0
-    per_window: list[tuple[str, str, int]] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+
+
+# Lands one window's rows (every day of it, empty days too); returns (files, bytes) written.
+Lander = Callable[[list[date], pa.Table], tuple[int, int]]
 
 
 def rows_to_table(
@@ -125,41 +131,50 @@ def extract_trips(
     days: Sequence[date],
     *,
     tz: ZoneInfo,
+    land: Lander,
     devices: Sequence[str] = (),
     idle_min: int = 0,
     duration_min: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> AvlExtract:
-    """Fetch every row of `days` (UTC) with the minimum number of requests."""
-    wanted = set(days)
+    """Fetch every row of `days` (UTC) with the minimum number of requests, and land it.
+
+    Windows cover disjoint UTC days, so each is typed, de-duplicated and landed on its own,
+    on a worker thread while the next window's requests wait for the rate limit: the run
+    ends about when its last response arrives.
+    """
+    wanted = pa.array(sorted(set(days)), pa.date32())
     windows = plan_windows(days, tz)
-    rows: list[dict[str, Any]] = []
-    per_window = []
-    for n, window in enumerate(windows, 1):
-        before = len(rows)
-        for batch in device_batches(devices):
-            for page in client.iter_trip_pages(
-                window, devices=batch, idle_min=idle_min, duration_min=duration_min
-            ):
-                rows.extend(page.rows)
-        got = len(rows) - before
-        per_window.append((window.first_day.isoformat(), window.last_day.isoformat(), got))
-        if progress:
-            progress(
-                f"AVL window {n}/{len(windows)} {window.first_day}..{window.last_day}: {got} rows"
-            )
-    table, nulls, dupes = rows_to_table(rows, tz, datetime.now(UTC))
-    # A local-time window maps onto exactly its UTC days; anything else is the API's slack.
-    in_range = pc.is_in(table.column("day"), value_set=pa.array(sorted(wanted), pa.date32()))
-    outside = len(table) - pc.sum(in_range).as_py() if len(table) else 0
-    if outside:
-        table = table.filter(in_range)
-    return AvlExtract(
-        table=table,
-        rows_received=len(rows),
-        null_trip_start=nulls,
-        duplicates_dropped=dupes,
-        outside_range=outside,
-        windows=len(windows),
-        per_window=per_window,
-    )
+    summary = AvlExtract(windows=len(windows))
+
+    def process(window_days: list[date], rows: list[dict[str, Any]]) -> None:
+        table, nulls, dupes = rows_to_table(rows, tz, datetime.now(UTC))
+        in_range = pc.is_in(table.column("day"), value_set=wanted)
+        kept = table.filter(in_range)
+        files, written = land(window_days, kept)
+        summary.null_trip_start += nulls
+        summary.duplicates_dropped += dupes
+        summary.outside_range += len(table) - len(kept)
+        summary.rows_loaded += len(kept)
+        summary.files += files
+        summary.bytes += written
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="avl-land") as pool:
+        pending = []
+        for n, window in enumerate(windows, 1):
+            rows: list[dict[str, Any]] = []
+            for batch in device_batches(devices):
+                for page in client.iter_trip_pages(
+                    window, devices=batch, idle_min=idle_min, duration_min=duration_min
+                ):
+                    rows.extend(page.rows)
+            summary.rows_received += len(rows)
+            if progress:
+                progress(
+                    f"AVL window {n}/{len(windows)} {window.first_day}..{window.last_day}: "
+                    f"{len(rows)} rows in {client.stats.requests} requests so far"
+                )
+            pending.append(pool.submit(process, window.days, rows))
+        for future in pending:
+            future.result()  # re-raise a landing failure
+    return summary
