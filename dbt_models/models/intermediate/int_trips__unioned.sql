@@ -1,4 +1,6 @@
 -- Trips of every source in one shape, before vehicle identities are resolved.
+-- A source adds its conformed model `int_<source>__trips` (same columns, same order) with one
+-- `union all` line at the marker below.
 with avl as (
     select
         avl_trip_id as trip_id,
@@ -25,6 +27,7 @@ with avl as (
 
 final as (
     select * from avl
+    -- sources: union all select * from ref('int_<source>__trips')
 )
 
 select * from final

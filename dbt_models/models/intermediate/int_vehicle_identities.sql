@@ -1,7 +1,9 @@
 -- Every vehicle identity seen in any source, with its fleet vehicle_id from the seed map.
+-- A source adds one `union all` line at the marker: (source, source_vehicle_id, source_name).
 with seen as (
     select distinct 'avl' as source, source_vehicle_id, source_vehicle_id as source_name
     from {{ ref('stg_avl__trips') }}
+    -- sources: union all select distinct '<source>', <vehicle id>, <vehicle name> from ref('stg_<source>__...')
 ),
 
 identity_map as (

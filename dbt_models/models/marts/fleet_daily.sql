@@ -1,6 +1,24 @@
--- Per vehicle and UTC day of trip start: distance, time, idling and fuel.
+-- Per vehicle and UTC day of trip start: distance, time, idling, fuel and refuels.
 with trips as (
     select * from {{ ref('fct_trips') }}
+),
+
+refuels as (
+    select
+        cast(occurred_at at time zone 'UTC' as date) as day,
+        vehicle_id,
+        count(*) as refuels,
+        sum(volume_l) as refuel_l
+    from {{ ref('fct_fuel_events') }}
+    where event_type = 'refuel'
+    group by 1, 2
+),
+
+-- Vehicles seen by a source that reports refuels: for them "no refuel" is 0, for others NULL.
+refuel_covered as (
+    select distinct vehicle_id
+    from {{ ref('dim_vehicles') }}
+    where source in ({{ "'" ~ var('refuel_sources') | join("', '") ~ "'" }})
 ),
 
 per_day as (
@@ -19,22 +37,32 @@ per_day as (
 
 final as (
     select
-        day,
-        vehicle_id,
-        trips,
-        round(distance_km, 3) as distance_km,
-        driving_s,
-        idle_s,
-        case when driving_s + idle_s > 0 then round(idle_s / (driving_s + idle_s), 4) end
-            as idle_share,
-        round(fuel_used_l, 3) as fuel_used_l,
-        case when distance_km > 0 then round(fuel_used_l / distance_km * 100, 2) end
-            as l_per_100km,
-        -- No source with refuel events is landed yet: unknown, so NULL rather than 0.
-        cast(null as bigint) as refuels,
-        cast(null as double) as refuel_l,
-        round(fuel_cost, 2) as fuel_cost
+        per_day.day,
+        per_day.vehicle_id,
+        per_day.trips,
+        round(per_day.distance_km, 3) as distance_km,
+        per_day.driving_s,
+        per_day.idle_s,
+        case
+            when per_day.driving_s + per_day.idle_s > 0
+                then round(per_day.idle_s / (per_day.driving_s + per_day.idle_s), 4)
+        end as idle_share,
+        round(per_day.fuel_used_l, 3) as fuel_used_l,
+        case
+            when per_day.distance_km > 0 then round(per_day.fuel_used_l / per_day.distance_km * 100, 2)
+        end as l_per_100km,
+        case
+            when refuel_covered.vehicle_id is not null then coalesce(refuels.refuels, 0)
+        end as refuels,
+        case
+            when refuel_covered.vehicle_id is not null then coalesce(refuels.refuel_l, 0)
+        end as refuel_l,
+        round(per_day.fuel_cost, 2) as fuel_cost
     from per_day
+    left join refuels
+        on refuels.day = per_day.day and refuels.vehicle_id = per_day.vehicle_id
+    left join refuel_covered
+        on refuel_covered.vehicle_id = per_day.vehicle_id
 )
 
 select * from final
