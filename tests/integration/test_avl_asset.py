@@ -158,3 +158,27 @@ def test_daily_schedule_repulls_the_last_two_complete_days(fleet_env) -> None:
     (request,) = schedule.evaluate_tick(context).run_requests
     assert request.tags["dagster/asset_partition_range_start"] == "2026-03-30"
     assert request.tags["dagster/asset_partition_range_end"] == "2026-03-31"
+
+
+def test_a_trip_in_progress_is_landed_without_end_warned_and_completed_by_a_later_pull(
+    avl_env, avl_sim: AvlServer
+) -> None:
+    day = date(2026, 3, 31)
+    trip = avl_sim.world.trips(
+        datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=12),
+        datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC),
+    )[0]
+    avl_sim.clock = lambda: trip.started_at + timedelta(minutes=2)
+    first = run_avl(day, day)
+    assert first.success
+    (check,) = first.get_asset_check_evaluations()
+    assert not check.passed and check.metadata["in_progress_trips"].value >= 1
+    name = avl_sim.world.vehicles[trip.vehicle_index].avl_device_name
+    row = next(r for r in landed(avl_env) if (r["device_name"], r["trip_start"]) == (name, trip.started_at))
+    assert row["trip_end"] is None
+
+    avl_sim.clock = lambda: datetime(2026, 4, 1, 12, tzinfo=UTC)
+    second = run_avl(day, day)
+    assert second.get_asset_check_evaluations()[0].passed
+    row = next(r for r in landed(avl_env) if (r["device_name"], r["trip_start"]) == (name, trip.started_at))
+    assert row["trip_end"] == trip.ended_at

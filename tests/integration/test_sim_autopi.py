@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from pipelines.simulator.autopi import EXPORT_TASK, AutoPiServer, env
+from pipelines.simulator.clock import ManualClock as Clock
 from pipelines.simulator.world import Trip, World
 
 TOKEN = "test-autopi-token"
@@ -27,18 +28,6 @@ TRIP_KEYS = {
     "device", "vehicle", "duration", "distanceKm",
 }  # fmt: skip
 
-
-class Clock:
-    """A simulated clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture(scope="module")

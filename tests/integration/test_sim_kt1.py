@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from pipelines.simulator.clock import ManualClock as Clock
 from pipelines.simulator.kt1 import ITEM_TYPES, Kt1Server, env
 from pipelines.simulator.world import World
 
@@ -44,18 +45,6 @@ TIMESTAMPS = {
     "changenotification": ("date",),
 }
 
-
-class Clock:
-    """A simulated clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from itertools import pairwise
 import pytest
 import requests
 
+from pipelines.simulator.clock import ManualClock as Clock
 from pipelines.simulator.metrotec import (
     FUEL_UNKNOWN,
     IDLE_STOP_MIN_S,
@@ -49,15 +50,6 @@ VEHICLE_KEYS = {
     "fuel_card_nr", "categoryName", "btime", "gps_refresh_interval", "is_fuel_as_pressure",
 }  # fmt: skip
 
-
-class Clock:
-    """A settable simulated now."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def ts(text: str) -> datetime:

@@ -5,6 +5,9 @@ from datetime import date, datetime, timedelta
 
 import pyarrow as pa
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
@@ -30,7 +33,9 @@ ASSET_NAME = "raw/avl/trips"
 # Dagster's run tags for a single-run partition range (what a backfill of a range sets).
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
-REPULL_DAYS = 2  # the API caches for 5 minutes and late trips arrive: re-pull yesterday too
+# The API caches for 5 minutes and late trips arrive: the schedule re-pulls yesterday too.
+REPULL_DAYS = 2
+IN_PROGRESS_CHECK = "no_trips_in_progress"
 
 
 def partition_days(context: AssetExecutionContext) -> list[date]:
@@ -55,6 +60,16 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
         partitions_def=partitions,
         backfill_policy=BackfillPolicy.single_run(),
         pool="avl_api",
+        check_specs=[
+            AssetCheckSpec(
+                IN_PROGRESS_CHECK,
+                asset=ASSET_KEY,
+                description=(
+                    "Warns when landed trips had no trip_end yet (still in progress when "
+                    "pulled): re-materialize those days later; the daily schedule does."
+                ),
+            )
+        ],
         group_name="avl",
         kinds={"python", "parquet"},
         description=(
@@ -97,7 +112,14 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
                 f"{result.null_trip_start} AVL rows had no trip_start and were not loaded"
             )
         stats = client.stats
+        in_progress = AssetCheckResult(
+            check_name=IN_PROGRESS_CHECK,
+            passed=result.in_progress == 0,
+            severity=AssetCheckSeverity.WARN,
+            metadata={"in_progress_trips": result.in_progress},
+        )
         return MaterializeResult(
+            check_results=[in_progress],
             metadata={
                 "rows": result.rows_loaded,
                 "files": result.files,
@@ -110,7 +132,7 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
                 "api_windows": result.windows,
                 "first_day": days[0].isoformat(),
                 "last_day": days[-1].isoformat(),
-            }
+            },
         )
 
     return avl_trips

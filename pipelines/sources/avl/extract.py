@@ -78,6 +78,7 @@ class AvlExtract:
     null_trip_start: int = 0
     duplicates_dropped: int = 0
     outside_range: int = 0
+    in_progress: int = 0
     windows: int = 0
     files: int = 0
     bytes: int = 0
@@ -156,6 +157,7 @@ def extract_trips(
         summary.duplicates_dropped += dupes
         summary.outside_range += len(table) - len(kept)
         summary.rows_loaded += len(kept)
+        summary.in_progress += kept.column("trip_end").null_count
         summary.files += files
         summary.bytes += written
 
