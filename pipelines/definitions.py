@@ -7,8 +7,14 @@ from dagster import DailyPartitionsDefinition, Definitions, EnvVar
 from pipelines.dbt import build_dbt_assets, dbt_resource
 from pipelines.resources import LakeResource
 from pipelines.settings import FleetSettings, get_settings, load_env_file
+from pipelines.sources.autopi.assets import build_autopi_defs
+from pipelines.sources.autopi.resources import AutoPiResource
 from pipelines.sources.avl.assets import build_avl_defs
 from pipelines.sources.avl.resources import AvlResource
+from pipelines.sources.kt1.assets import build_kt1_defs
+from pipelines.sources.kt1.resources import Kt1Resource
+from pipelines.sources.metrotec.assets import build_metrotec_defs
+from pipelines.sources.metrotec.resources import MetrotecResource
 
 
 def _secret(name: str) -> EnvVar | None:
@@ -32,6 +38,13 @@ def build_resources(settings: FleetSettings) -> dict[str, object]:
             rate_limit=settings.avl_rate_limit,
             ratelimit_db=ledger,
         ),
+        "kt1": Kt1Resource(
+            base_url=settings.kt1_base_url,
+            token=_secret("KT1_TOKEN"),
+            drain_seconds=settings.kt1_drain_seconds,
+        ),
+        "metrotec": MetrotecResource.from_settings(settings, password=_secret("METROTEC_PASSWORD")),
+        "autopi": AutoPiResource(base_url=settings.autopi_base_url, token=_secret("AUTOPI_TOKEN")),
         "dbt": dbt_resource(),
     }
 
@@ -47,6 +60,9 @@ def build_defs(settings: FleetSettings | None = None) -> Definitions:
     partitions = daily_partitions(settings)
     return Definitions.merge(
         build_avl_defs(partitions),
+        build_autopi_defs(),
+        build_kt1_defs(),
+        build_metrotec_defs(partitions),
         Definitions(
             assets=[build_dbt_assets(settings.lake_dir, settings.duckdb_path)],
             resources=build_resources(settings),

@@ -316,10 +316,14 @@ class ApiClient:
         stream: bool = False,
         timeout: tuple[float, float] | None = None,
         passthrough: Collection[int] = (),
+        passthrough_if: Callable[[requests.Response], bool] | None = None,
     ) -> requests.Response:
         """Send with retries; return a 2xx (or a `passthrough` status) response, else raise.
 
-        Only paths are ever put in errors and logs: no query strings, headers or bodies.
+        `passthrough_if`, when given, must also accept a `passthrough` response for it to be
+        handed back; one it refuses gets the usual policy (e.g. a 500 that is not the vendor's
+        "empty" answer is retried). Only paths are ever put in errors and logs: no query
+        strings, headers or bodies.
         """
         where = f"{method} /{path.lstrip('/')}"
         attempt = 0
@@ -362,7 +366,9 @@ class ApiClient:
             self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
             if not stream:
                 self.stats.bytes_received += len(response.content)
-            if status < 300 or status in passthrough:
+            if status < 300 or (
+                status in passthrough and (passthrough_if is None or passthrough_if(response))
+            ):
                 return response
             if status == 429:
                 self.stats.http_429 += 1
@@ -398,3 +404,106 @@ class ApiClient:
 
     def close(self) -> None:
         self.session.close()
+
+    def download(
+        self,
+        path: str,
+        dest: Path,
+        *,
+        params: Mapping[str, Any] | None = None,
+        chunk_size: int = 1 << 20,
+    ) -> int:
+        """Stream a file body to `dest` (never whole in memory); return the bytes written.
+
+        A body cut short (dropped connection, or fewer bytes than Content-Length) is resumed
+        with `Range` + `If-Range` when the server advertised `Accept-Ranges: bytes` and a
+        validator, else fetched again from the start, under the same retry policy and limiter
+        as every request. On return `dest` holds exactly one complete body; otherwise it raises.
+        """
+        where = f"GET /{path.lstrip('/')}"
+        written = 0
+        validator: str | None = None  # strong ETag or Last-Modified of the body being resumed
+        attempt = 0
+        while True:
+            attempt += 1
+            # `identity`: the file's own bytes, so Content-Length counts what we write.
+            headers = {"Accept-Encoding": "identity"}
+            if written and validator:
+                headers.update({"Range": f"bytes={written}-", "If-Range": validator})
+            response = self.request("GET", path, params=params, headers=headers, stream=True)
+            failure = "SHORT_BODY"
+            try:
+                partial = response.status_code == 206
+                resumed = partial and written > 0 and _range_start(response) == written
+                if resumed:
+                    total = _range_total(response)
+                elif partial:  # not the range asked for: ask for the whole body again
+                    written, validator = 0, None
+                    raise _UnusableRange
+                else:  # a full body (or a server that ignored the range): start over
+                    written = 0
+                    total = _body_length(response)
+                    validator = _validator(response)
+                with dest.open("ab" if resumed else "wb") as out:
+                    for chunk in response.iter_content(chunk_size):
+                        out.write(chunk)
+                        written += len(chunk)
+                if total is None or written == total:
+                    self.stats.bytes_received += written
+                    return written
+                if written > total:
+                    written, validator = 0, None  # nonsense length: never resume from it
+            except _UnusableRange:
+                failure = "BAD_RANGE"
+            except TRANSIENT_ERRORS as exc:
+                failure = type(exc).__name__
+            finally:
+                response.close()
+            if attempt >= self.retry.max_attempts:
+                raise VendorAPIError(self.vendor, None, failure, "download incomplete", where)
+            delay = self.retry.backoff(attempt)
+            log.warning(
+                "%s %s: body cut at %d bytes (%s), %s %d in %.1fs",
+                self.vendor,
+                where,
+                written,
+                failure,
+                "resume" if written and validator else "retry",
+                attempt,
+                delay,
+            )
+            self.stats.retries += 1
+            self._sleep(delay)
+
+
+class _UnusableRange(Exception):
+    """A 206 for a range other than the one asked for."""
+
+
+def _body_length(response: requests.Response) -> int | None:
+    """Content-Length of an unencoded body (an encoded one is checked by urllib3 instead)."""
+    if response.headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _validator(response: requests.Response) -> str | None:
+    """What makes a resumed range safe: the body must not have changed in between."""
+    if response.headers.get("Accept-Ranges") != "bytes" or _body_length(response) is None:
+        return None
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")
+
+
+def _range_start(response: requests.Response) -> int | None:
+    unit, _, spec = response.headers.get("Content-Range", "").partition(" ")
+    first = spec.partition("-")[0]
+    return int(first) if unit == "bytes" and first.isdigit() else None
+
+
+def _range_total(response: requests.Response) -> int | None:
+    total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None

@@ -86,6 +86,16 @@ class FleetSettings(BaseSettings):
     metrotec_password: SecretStr | None = None
     metrotec_api_version: str = "1.1.0"
     metrotec_user_agent: str = f"fleet-pipelines/{__version__}"
+    # Metrotec states no limit; be polite. Paths are relative to METROTEC_BASE_URL (DESIGN §2).
+    metrotec_rate_limit: str = "5/1"
+    metrotec_window_days: int = 31
+    metrotec_token_refresh_margin_s: float = 60.0
+    metrotec_path_login: str = "login"
+    metrotec_path_vehicles: str = "vehicles"
+    metrotec_path_routelog: str = "routelog"
+    metrotec_path_stops: str = "routelog/stops"
+    metrotec_path_refuels: str = "fuel/refuels"
+    metrotec_path_fuel_levels: str = "fuel/levels"
 
     @field_validator("avl_rate_limit")
     @classmethod

@@ -18,6 +18,7 @@ with conformed as (
 
 final as (
     select * from conformed
+    union all select * from {{ ref('int_metrotec__fuel_events') }}
     -- sources: union all select * from ref('int_<source>__fuel_events')
 )
 

@@ -27,6 +27,9 @@ with avl as (
 
 final as (
     select * from avl
+    union all select * from {{ ref('int_kt1__trips') }}
+    union all select * from {{ ref('int_metrotec__trips') }}
+    union all select * from {{ ref('int_autopi__trips') }}
     -- sources: union all select * from ref('int_<source>__trips')
 )
 

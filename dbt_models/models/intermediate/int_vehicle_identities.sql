@@ -3,6 +3,9 @@
 with seen as (
     select distinct 'avl' as source, source_vehicle_id, source_vehicle_id as source_name
     from {{ ref('stg_avl__trips') }}
+    union all select distinct 'kt1', asset_id, asset_name from {{ ref('stg_kt1__assets') }}
+    union all select distinct 'metrotec', source_vehicle_id, display_name from {{ ref('stg_metrotec__vehicles') }}
+    union all select distinct 'autopi', source_vehicle_id, coalesce('AutoPi ' || cast(autopi_vehicle_id as varchar), source_vehicle_id) from {{ ref('stg_autopi__trips') }}
     -- sources: union all select distinct '<source>', <vehicle id>, <vehicle name> from ref('stg_<source>__...')
 ),
 

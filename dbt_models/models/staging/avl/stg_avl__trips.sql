@@ -2,7 +2,27 @@
 -- (device_name, trip_start) per landing; the window below also guards against a trip that was
 -- landed in two partitions by an earlier, differently-zoned run.
 with source as (
-    select * from {{ source('avl', 'trips') }}
+    {{ lake_source('avl', 'trips', {
+        'device_name': 'varchar',
+        'trip_start': 'timestamptz',
+        'trip_start_local': 'varchar',
+        'trip_start_address': 'varchar',
+        'trip_start_lat': 'double',
+        'trip_start_lon': 'double',
+        'trip_end': 'timestamptz',
+        'trip_end_local': 'varchar',
+        'trip_end_address': 'varchar',
+        'trip_end_lat': 'double',
+        'trip_end_lon': 'double',
+        'kms': 'double',
+        'duration_min': 'double',
+        'idle_min': 'double',
+        'max_speed': 'double',
+        'fuel': 'double',
+        'cost': 'double',
+        'extracted_at': 'timestamptz',
+        'day': 'date',
+    }) }}
 ),
 
 typed as (

@@ -1,0 +1,99 @@
+-- The time between consecutive speed readings of each AutoPi trip, classified as moving, idle
+-- (engine on, speed 0) or engine off. OBD speed is used where the dongle logged it, GPS
+-- speed over ground for trips without any. The engine counts as on when the latest rpm
+-- reading is above 0, else by the latest engine event; a trip with neither is engine-on,
+-- as AutoPi trips run from engine on to engine off.
+with trips as (
+    select source_trip_id, started_at, ended_at from {{ ref('stg_autopi__trips') }}
+),
+
+points as (
+    select * from {{ ref('stg_autopi__datapoints') }}
+),
+
+obd_trips as (
+    select distinct source_trip_id from points where speed_kmh is not null
+),
+
+speeds as (
+    select source_trip_id, line_no, recorded_at, speed_kmh, 'obd' as speed_source
+    from points
+    where speed_kmh is not null
+    union all
+    select points.source_trip_id, points.line_no, points.recorded_at, points.gps_speed_kmh, 'gps'
+    from points
+    anti join obd_trips on obd_trips.source_trip_id = points.source_trip_id
+    where points.gps_speed_kmh is not null
+),
+
+rpms as (
+    select source_trip_id, recorded_at, rpm from points where rpm is not null
+),
+
+engine_events as (
+    select source_trip_id, recorded_at, event_tag = 'vehicle/engine/running' as engine_running
+    from points
+    where event_tag like 'vehicle/engine/%'
+),
+
+readings as (
+    select
+        speeds.source_trip_id,
+        speeds.line_no,
+        speeds.recorded_at,
+        speeds.speed_kmh,
+        speeds.speed_source,
+        coalesce(rpms.rpm > 0, engine_events.engine_running, true) as engine_on
+    from speeds
+    asof left join rpms
+        on rpms.source_trip_id = speeds.source_trip_id
+        and speeds.recorded_at >= rpms.recorded_at
+    asof left join engine_events
+        on engine_events.source_trip_id = speeds.source_trip_id
+        and speeds.recorded_at >= engine_events.recorded_at
+),
+
+intervals as (
+    select
+        readings.source_trip_id,
+        readings.line_no,
+        readings.recorded_at as started_at,
+        -- the last reading lasts until the trip ends
+        greatest(
+            readings.recorded_at,
+            least(
+                coalesce(
+                    lead(readings.recorded_at) over (
+                        partition by readings.source_trip_id
+                        order by readings.recorded_at, readings.line_no
+                    ),
+                    trips.ended_at
+                ),
+                coalesce(trips.ended_at, readings.recorded_at)
+            )
+        ) as ended_at,
+        readings.speed_kmh,
+        readings.speed_source,
+        case
+            when not readings.engine_on then 'engine_off'
+            when readings.speed_kmh > 0 then 'moving'
+            else 'idle'
+        end as state
+    from readings
+    inner join trips on trips.source_trip_id = readings.source_trip_id
+),
+
+final as (
+    select
+        source_trip_id,
+        line_no,
+        started_at,
+        ended_at,
+        epoch(ended_at) - epoch(started_at) as duration_s,
+        speed_kmh,
+        speed_source,
+        state
+    from intervals
+)
+
+select * from final

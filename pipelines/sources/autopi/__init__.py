@@ -1,0 +1,1 @@
+"""AutoPi automatic trip exports: drained on events, landed losslessly, cleared once safe."""

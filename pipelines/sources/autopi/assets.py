@@ -1,0 +1,372 @@
+"""`raw/autopi/trips` + `raw/autopi/datapoints`: one drain of every finished AutoPi export, the
+sensor that asks for it, and the re-export job."""
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    AssetSpec,
+    Config,
+    DefaultSensorStatus,
+    Definitions,
+    ExecuteInProcessResult,
+    Failure,
+    MaterializeResult,
+    RunConfig,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
+    multi_asset,
+    sensor,
+)
+from pydantic import Field
+
+from pipelines.http import VendorAPIError
+from pipelines.resources import LakeResource, credential_failure
+from pipelines.settings import MissingCredentialError
+from pipelines.sources.autopi.drain import (
+    DrainReport,
+    drain_exports,
+    request_reexports,
+    waiting_exports,
+)
+from pipelines.sources.autopi.resources import AutoPiResource
+from pipelines.sources.autopi.state import STATE_DIR, ExportLedger, state_path
+
+TRIPS_KEY = AssetKey(["raw", "autopi", "trips"])
+DATAPOINTS_KEY = AssetKey(["raw", "autopi", "datapoints"])
+ASSET_NAME = "raw/autopi/trips"
+OP_NAME = "autopi_exports"
+SENSOR_INTERVAL_S = 30  # AutoPi waits at least 10 minutes after a trip before exporting
+REREQUEST_AFTER_S = 600.0  # ask again for exports still waiting after this long
+LISTED = 20  # ids shown in metadata before "..."
+
+
+class AutoPiDrainConfig(Config):
+    """Run config of the drain; all optional. The sensor fills `task_ids`."""
+
+    task_ids: list[int] = Field(
+        default_factory=list, description="Tasks to fetch even if the ledger says they are done."
+    )
+    reexport_trip_ids: list[str] = Field(
+        default_factory=list,
+        description="Trips whose export is gone: re-run their export, wait, and land it.",
+    )
+    reexport_wait_s: float = Field(default=900.0, description="How long to wait for re-runs.")
+
+
+def _ids(values: Sequence[int]) -> str:
+    shown = ", ".join(str(v) for v in values[:LISTED])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > LISTED else "")
+
+
+def _ledger(lake: LakeResource) -> ExportLedger:
+    return ExportLedger(state_path(Path(lake.lake_dir).expanduser().resolve()))
+
+
+def build_autopi_exports() -> AssetsDefinition:
+    @multi_asset(
+        name=OP_NAME,
+        specs=[
+            AssetSpec(
+                TRIPS_KEY,
+                group_name="autopi",
+                kinds={"python", "parquet"},
+                description=(
+                    "One row per AutoPi trip export (the export's first line, typed, plus the "
+                    "task, result hash and counts), in day=<UTC day of the trip start>, one "
+                    "file per trip so a re-export replaces it."
+                ),
+            ),
+            AssetSpec(
+                DATAPOINTS_KEY,
+                group_name="autopi",
+                kinds={"python", "parquet"},
+                description=(
+                    "Every datapoint of every landed export, one file per trip: declared keys "
+                    "typed, every other key kept in the `extra` JSON column; malformed lines "
+                    "in <trip>.quarantine.jsonl beside the file."
+                ),
+            ),
+        ],
+        check_specs=[
+            AssetCheckSpec(
+                "datapoint_keys_declared",
+                asset=DATAPOINTS_KEY,
+                description="Warns when exports carry keys with no typed column (kept in `extra`).",
+            ),
+            AssetCheckSpec(
+                "no_malformed_lines",
+                asset=DATAPOINTS_KEY,
+                description="Warns when lines were quarantined instead of landed.",
+            ),
+            AssetCheckSpec(
+                "finished_exports_landed",
+                asset=TRIPS_KEY,
+                description="Warns when a finished export could not be landed or cleared.",
+            ),
+        ],
+        pool="autopi_api",
+    )
+    def autopi_exports(
+        context: AssetExecutionContext,
+        config: AutoPiDrainConfig,
+        autopi: AutoPiResource,
+        lake: LakeResource,
+    ) -> Iterator[Any]:
+        try:
+            client = autopi.client(ASSET_NAME)
+        except MissingCredentialError as exc:
+            raise credential_failure(exc) from None
+        lake_ = lake.lake()
+        ledger = _ledger(lake)
+        started = time.monotonic()
+        try:
+            tasks = None
+            refused: dict[str, str] = {}
+            if config.reexport_trip_ids:
+                tasks, refused = request_reexports(
+                    client,
+                    config.reexport_trip_ids,
+                    wait_s=config.reexport_wait_s,
+                    log=context.log.info,
+                )
+            report = drain_exports(
+                client,
+                lake_,
+                ledger,
+                scratch_dir=lake_.root / STATE_DIR / "downloads",
+                reprobe_window_s=autopi.reprobe_hours * 3600,
+                extra_task_ids=config.task_ids,
+                tasks=tasks,
+                log=context.log.warning,
+            )
+        except VendorAPIError as exc:
+            raise Failure(description=str(exc), allow_retries=True) from None
+        finally:
+            client.close()
+            ledger.close()
+        context.log.info(
+            f"AutoPi: {len(report.landed)} export(s) landed, {len(report.pending)} pending, "
+            f"{len(report.gone)} gone, {len(report.failed)} failed "
+            f"in {time.monotonic() - started:.1f}s"
+        )
+        yield from _results(report, client.stats.as_metadata(), refused)
+
+    return autopi_exports
+
+
+def _results(
+    report: DrainReport, api: dict[str, float | int], refused: dict[str, str]
+) -> Iterator[Any]:
+    landed = report.landed
+    trips_bytes = sum(t.trips_file.bytes for t in landed)
+    points_bytes = sum(t.datapoints_file.bytes for t in landed)
+    quarantined = [t for t in landed if t.quarantine_file is not None]
+    undeclared = report.undeclared
+    yield MaterializeResult(
+        asset_key=TRIPS_KEY,
+        metadata={
+            "rows": len(landed),
+            "files": len(landed),
+            "bytes": trips_bytes,
+            **api,
+            "exports_listed": report.listed,
+            "exports_pending": len(report.pending),
+            "pending_task_ids": _ids([t.task_id for t in report.pending]),
+            "exports_checked": report.probed,
+            "exports_landed": len(landed),
+            "exports_already_landed": len(report.already_landed),
+            "exports_cleared": len(report.cleared),
+            "exports_gone": len(report.gone),
+            "exports_failed": len(report.failed),
+            "redownloads": report.redownloads,
+            "reexports_refused": len(refused),
+            "landed_trip_ids": ", ".join(t.trip_id for t in landed[:LISTED]),
+        },
+    )
+    yield MaterializeResult(
+        asset_key=DATAPOINTS_KEY,
+        metadata={
+            "rows": report.datapoints,
+            "files": len(landed) + len(quarantined),
+            "bytes": points_bytes,
+            **api,
+            "malformed_lines": report.malformed,
+            "quarantine_files": len(quarantined),
+            "undeclared_keys": json.dumps(undeclared),
+            "new_keys": ", ".join(report.new_keys),
+            "slow_path_lines": sum(t.stats.slow_lines for t in landed),
+            "values_moved_to_extra": sum(t.stats.moved_to_extra for t in landed),
+            "decompressed_bytes": sum(t.stats.decompressed_bytes for t in landed),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="datapoint_keys_declared",
+        asset_key=DATAPOINTS_KEY,
+        passed=not undeclared,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            "every datapoint key has a typed column"
+            if not undeclared
+            else f"{len(undeclared)} undeclared key(s) kept in `extra`; declare them in "
+            "pipelines/sources/autopi/export.py to type them"
+        ),
+        metadata={
+            "undeclared_keys": json.dumps(undeclared),
+            "new_keys": ", ".join(report.new_keys),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="no_malformed_lines",
+        asset_key=DATAPOINTS_KEY,
+        passed=report.malformed == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "malformed_lines": report.malformed,
+            "quarantine_files": ", ".join(str(t.quarantine_file) for t in quarantined[:LISTED]),
+        },
+    )
+    problems = {**report.failed, **{k: f"not cleared: {v}" for k, v in report.not_cleared.items()}}
+    yield AssetCheckResult(
+        check_name="finished_exports_landed",
+        asset_key=TRIPS_KEY,
+        passed=not problems and not refused,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "failed": json.dumps({str(k): v for k, v in sorted(problems.items())[:LISTED]}),
+            "reexports_refused": json.dumps(refused),
+        },
+    )
+
+
+def build_autopi_sensor(exports: AssetsDefinition) -> Any:
+    @sensor(
+        name="autopi_exports_sensor",
+        target=AssetSelection.assets(exports),
+        minimum_interval_seconds=SENSOR_INTERVAL_S,
+        default_status=DefaultSensorStatus.STOPPED,
+        description=(
+            "Polls AutoPi's tasks/ and reads the webhook's signals; asks for a drain when a "
+            "finished export is waiting. Cursor: when each waiting task was last asked for."
+        ),
+    )
+    def autopi_exports_sensor(
+        context: SensorEvaluationContext, autopi: AutoPiResource, lake: LakeResource
+    ) -> SensorResult | SkipReason:
+        try:
+            client = autopi.client("autopi_exports_sensor")
+        except MissingCredentialError as exc:
+            return SkipReason(str(exc))
+        try:
+            tasks = client.export_tasks()
+        except VendorAPIError as exc:
+            return SkipReason(f"could not list AutoPi tasks: {exc}")
+        finally:
+            client.close()
+        with _ledger(lake) as ledger:
+            waiting = waiting_exports(tasks, ledger)
+        cursor = _load_cursor(context.cursor)
+        now = time.time()
+        due = sorted(t for t in waiting if now - cursor.get(str(t), 0.0) >= REREQUEST_AFTER_S)
+        asked = {k: v for k, v in cursor.items() if int(k) in waiting}  # forget landed ones
+        pending = sum(1 for t in tasks if not t.finished)
+        if not due:
+            return SensorResult(
+                skip_reason=SkipReason(
+                    f"{len(waiting)} export(s) waiting, already asked for; {pending} pending"
+                    if waiting
+                    else f"no finished export waiting; {pending} pending"
+                ),
+                cursor=json.dumps(asked),
+            )
+        asked.update({str(t): now for t in due})
+        reasons = sorted({waiting[t] for t in due})
+        return SensorResult(
+            run_requests=[
+                RunRequest(
+                    run_config=RunConfig(ops={OP_NAME: AutoPiDrainConfig(task_ids=due)}),
+                    tags={"autopi/waiting": str(len(due)), "autopi/why": ",".join(reasons)},
+                )
+            ],
+            cursor=json.dumps(asked),
+        )
+
+    return autopi_exports_sensor
+
+
+def _load_cursor(cursor: str | None) -> dict[str, float]:
+    try:
+        value = json.loads(cursor or "{}")
+    except ValueError:
+        return {}
+    return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def build_autopi_defs() -> Definitions:
+    exports = build_autopi_exports()
+    reexport = define_asset_job(
+        "autopi_reexport",
+        selection=AssetSelection.assets(exports),
+        description=(
+            "Re-run AutoPi's export of the trips in run config "
+            f"(ops.{OP_NAME}.config.reexport_trip_ids), wait for them and land them."
+        ),
+    )
+    return Definitions(assets=[exports], sensors=[build_autopi_sensor(exports)], jobs=[reexport])
+
+
+def reexport_trips(
+    trip_ids: Sequence[str], *, wait_s: float = 900.0, instance: Any = None
+) -> ExecuteInProcessResult:
+    """What `fleet autopi reexport TRIP_ID...` runs: the drain with re-exports, in process."""
+    from dagster import materialize
+
+    from pipelines.definitions import build_defs
+
+    defs = build_defs()
+    return materialize(
+        list(defs.assets or []),
+        resources=defs.resources,
+        selection=AssetSelection.assets(TRIPS_KEY, DATAPOINTS_KEY),
+        run_config=RunConfig(
+            ops={
+                OP_NAME: AutoPiDrainConfig(reexport_trip_ids=list(trip_ids), reexport_wait_s=wait_s)
+            }
+        ),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def summary_line(result: ExecuteInProcessResult) -> str:
+    """One line for `fleet demo` / `fleet autopi reexport`: what the drain landed."""
+    found: dict[AssetKey, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        found[event.asset_key] = {k: v.value for k, v in event.materialization.metadata.items()}
+    trips, points = found.get(TRIPS_KEY), found.get(DATAPOINTS_KEY)
+    if trips is None or points is None:
+        return "AutoPi: nothing landed"
+    line = (
+        f"{trips['rows']} trip export(s) landed and cleared ({points['rows']:,} datapoints, "
+        f"{points['malformed_lines']} malformed line(s) quarantined), "
+        f"{trips['exports_pending']} pending, requests={trips['api_requests']}"
+    )
+    if trips["exports_failed"]:
+        line += f", {trips['exports_failed']} failed (left on AutoPi)"
+    keys = json.loads(str(points["undeclared_keys"]))
+    if keys:
+        line += f", undeclared keys kept in `extra`: {', '.join(sorted(keys))}"
+    return line

@@ -1,0 +1,246 @@
+"""`raw/kt1/*`: one drain of the export stream lands all four tables; a schedule runs it every
+5 minutes, and a sensor rebuilds the downstream dbt models when a drain landed new items.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    AssetsDefinition,
+    AssetSelection,
+    AssetSpec,
+    DagsterRunStatus,
+    Definitions,
+    ExecuteInProcessResult,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RunRequest,
+    RunsFilter,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    define_asset_job,
+    multi_asset,
+    schedule,
+    sensor,
+)
+
+from pipelines.http import VendorAPIError
+from pipelines.resources import LakeResource, credential_failure
+from pipelines.settings import MissingCredentialError
+from pipelines.sources.kt1.drain import DrainBusy, DrainResult, drain_stream
+from pipelines.sources.kt1.extract import QUARANTINE, SOURCE, TABLES
+from pipelines.sources.kt1.resources import Kt1Resource
+
+ASSET_KEYS = {table: AssetKey(["raw", SOURCE, table]) for table in TABLES}
+ASSET_NAME = "raw/kt1/*"
+POOL = "kt1_stream"
+QUEUE_TAG = "fleet/queue"
+"""Run tag of every scheduled drain; a run-queue limit of 1 on it keeps drains one at a time."""
+JOB_NAME = "kt1_drain"
+IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+_DESCRIPTIONS = {
+    "telemetry": "Position, speed, raw device counters (odometer, odo_counter) per report.",
+    "trips": "Trips as KT1 closes them: start/end, stats.driveTime/idleTime/distance.",
+    "events": "Ignition, idling, behaviour and fuel events.",
+    "changes": "Change notifications of back-office documents (assets and others).",
+}
+
+
+def build_kt1_defs() -> Definitions:
+    drain = _build_asset()
+    job = define_asset_job(
+        JOB_NAME,
+        selection=AssetSelection.assets(*ASSET_KEYS.values()),
+        description="Drain the kt1 export stream into raw/kt1/* (one drain at a time).",
+        run_tags={QUEUE_TAG: SOURCE},
+    )
+    return Definitions(
+        assets=[drain],
+        jobs=[job],
+        schedules=[_build_schedule(job)],
+        sensors=[_build_dbt_sensor()],
+    )
+
+
+def _build_asset() -> AssetsDefinition:
+    specs = [
+        AssetSpec(
+            key=key,
+            group_name=SOURCE,
+            kinds={"python", "parquet"},
+            description=(
+                f"kt1 export stream, {table}: {_DESCRIPTIONS[table]} Landed per UTC day of the "
+                "item's own timestamp; redeliveries land again and are removed by item identity "
+                "in staging."
+            ),
+        )
+        for table, key in ASSET_KEYS.items()
+    ]
+
+    @multi_asset(specs=specs, name="kt1_stream_drain", pool=POOL, can_subset=False)
+    def kt1_stream_drain(
+        context: AssetExecutionContext, kt1: Kt1Resource, lake: LakeResource
+    ) -> Iterator[MaterializeResult]:
+        """Get → land → acknowledge until the queue is empty or KT1_DRAIN_SECONDS is spent."""
+        try:
+            client = kt1.client(ASSET_NAME)
+        except MissingCredentialError as exc:
+            raise credential_failure(exc) from None
+        context.log.info(
+            f"kt1 drain: budget {kt1.drain_seconds:g}s, groups of ≤{kt1.group_max_batches} "
+            f"batches or ≤{kt1.group_max_age_s:g}s, acknowledged only after a durable write"
+        )
+        try:
+            result = drain_stream(
+                client,
+                lake.lake(),
+                budget_s=kt1.drain_seconds,
+                group_max_batches=kt1.group_max_batches,
+                group_max_age_s=kt1.group_max_age_s,
+                progress=context.log.info,
+            )
+        except DrainBusy as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
+        except VendorAPIError as exc:
+            # Every batch already in hand was landed and acknowledged before this surfaced.
+            raise Failure(description=str(exc)) from None
+        finally:
+            client.close()
+        if result.quarantined:
+            context.log.warning(
+                f"{result.quarantined} kt1 items could not be placed and were kept in "
+                f"{SOURCE}/{QUARANTINE}: {dict(result.quarantine_reasons)}"
+            )
+        if result.acks_expired or result.acks_failed:
+            context.log.warning(
+                f"{result.acks_expired + result.acks_failed} landed kt1 batches could not be "
+                "acknowledged (expired id); they will be redelivered and de-duplicated in staging"
+            )
+        context.log.info(
+            f"kt1 drain done ({result.stop_reason}): {result.items} items in {result.batches} "
+            f"batches, {result.seconds:.1f}s"
+        )
+        shared = _drain_metadata(result, client.stats.as_metadata(), kt1.drain_seconds)
+        for table, key in ASSET_KEYS.items():
+            landing = result.tables[table]
+            yield MaterializeResult(
+                asset_key=key,
+                metadata={
+                    "rows": landing.rows,
+                    "files": landing.files,
+                    "bytes": landing.bytes,
+                    **shared,
+                },
+            )
+
+    return kt1_stream_drain
+
+
+def _drain_metadata(
+    result: DrainResult, http: dict[str, float | int], budget_s: float
+) -> dict[str, Any]:
+    """Figures of the whole drain, the same on each of its four assets."""
+    quarantine = result.tables[QUARANTINE]
+    return {
+        **http,
+        "batches": result.batches,
+        "items_received": result.items,
+        "items_landed": result.items_landed,
+        "rows_by_table": MetadataValue.json(
+            {t: result.tables[t].rows for t in (*TABLES, QUARANTINE)}
+        ),
+        "quarantined_items": result.quarantined,
+        "quarantine_files": quarantine.files,
+        "duplicate_items_in_run": result.duplicate_items_in_run,
+        "groups": result.groups,
+        "acks": result.acks,
+        "acks_expired": result.acks_expired,
+        "acks_failed": result.acks_failed,
+        "stop_reason": result.stop_reason,
+        "drain_s": round(result.seconds, 3),
+        "budget_s": budget_s,
+        "lock_wait_s": round(result.lock_wait_s, 3),
+    }
+
+
+def summarize_drain(result: ExecuteInProcessResult) -> str:
+    """One line on a finished drain run, for `fleet demo` and other command-line callers."""
+    for event in result.get_asset_materialization_events():
+        if event.asset_key == ASSET_KEYS["telemetry"]:
+            meta = {k: v.value for k, v in event.materialization.metadata.items()}
+            rows = meta["rows_by_table"]
+            return (
+                f"items={meta['items_landed']} (telemetry {rows['telemetry']}, trips "
+                f"{rows['trips']}, events {rows['events']}, changes {rows['changes']}, "
+                f"quarantined {meta['quarantined_items']}) batches={meta['batches']} "
+                f"requests={meta['api_requests']} acks={meta['acks']} ({meta['stop_reason']})"
+            )
+    return "no drain materialized"
+
+
+def _build_schedule(job: Any) -> Any:
+    @schedule(
+        name="kt1_drain_every_5_minutes",
+        cron_schedule="*/5 * * * *",
+        job=job,
+        execution_timezone="UTC",
+        description=(
+            "Every 5 minutes: drain the kt1 stream; skipped while a drain is queued or running "
+            "(two drains would fight over the same queue)."
+        ),
+    )
+    def kt1_drain_every_5_minutes(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        running = context.instance.get_run_ids(
+            RunsFilter(tags={QUEUE_TAG: SOURCE}, statuses=IN_PROGRESS), limit=1
+        )
+        if running:
+            return SkipReason(f"kt1 drain {running[0]} is still queued or running")
+        return RunRequest(tags={QUEUE_TAG: SOURCE})
+
+    return kt1_drain_every_5_minutes
+
+
+def _build_dbt_sensor() -> Any:
+    # Every drain materializes all four keys once; telemetry's events mark the drains.
+    marker = ASSET_KEYS["telemetry"]
+
+    @sensor(
+        name="kt1_dbt_after_drain",
+        asset_selection=AssetSelection.assets(*ASSET_KEYS.values()).downstream(include_self=False),
+        minimum_interval_seconds=60,
+        description="Build the dbt models downstream of raw/kt1/* after a drain landed items.",
+    )
+    def kt1_dbt_after_drain(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        after = int(context.cursor) if context.cursor else None
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=marker, after_storage_id=after),
+            limit=1000,
+            ascending=True,
+        ).records
+        if not records:
+            return SkipReason("no kt1 drain since the last check")
+        cursor = str(records[-1].storage_id)
+        landed = 0
+        for record in records:
+            materialization = record.asset_materialization
+            value = materialization.metadata.get("items_landed") if materialization else None
+            landed += int(value.value) if value is not None else 0
+        if not landed:
+            return SensorResult(skip_reason=f"{len(records)} drain(s), nothing new", cursor=cursor)
+        return SensorResult(
+            run_requests=[RunRequest(run_key=f"kt1-dbt-{cursor}")],
+            cursor=cursor,
+        )
+
+    return kt1_dbt_after_drain

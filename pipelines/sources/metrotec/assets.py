@@ -1,0 +1,419 @@
+"""Metrotec assets: the vehicle list (daily snapshot) and four per-vehicle tables by UTC day.
+
+`raw/metrotec/vehicles` is unpartitioned and lands on the day it was fetched. The four
+partitioned tables are one `@multi_asset`: they are answers to the same request series (one
+login, one pass over the vehicles of each window), so one run pulls them together; it is
+subsettable, and a run that selects only some tables calls only their endpoints.
+"""
+
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    AssetSpec,
+    BackfillPolicy,
+    BetaWarning,
+    DailyPartitionsDefinition,
+    Definitions,
+    ExecuteInProcessResult,
+    Failure,
+    MaterializeResult,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    asset,
+    define_asset_job,
+    multi_asset,
+    schedule,
+)
+
+from pipelines.http import VendorAPIError
+from pipelines.lake import Lake, WriteResult
+from pipelines.resources import LakeResource, credential_failure
+from pipelines.settings import MissingCredentialError
+from pipelines.sources.metrotec.client import (
+    MetrotecAuthError,
+    MetrotecClient,
+    Window,
+    plan_windows,
+)
+from pipelines.sources.metrotec.extract import (
+    SOURCE,
+    TABLES,
+    TableResult,
+    extract_range,
+    quarantine_table,
+    type_vehicles,
+)
+from pipelines.sources.metrotec.resources import MetrotecResource
+
+VEHICLES_KEY = AssetKey(["raw", SOURCE, "vehicles"])
+TABLE_KEYS = {table: AssetKey(["raw", SOURCE, table]) for table in TABLES}
+POOL = "metrotec_api"
+GROUP = "metrotec"
+JOB_NAME = "metrotec_refresh"
+SCHEDULE_NAME = "metrotec_daily"
+QUARANTINE_TABLE = "quarantine"
+VEHICLES_CHECK = "vehicles_listed"
+ROUTELOG_CHECK = "routelog_times_consistent"
+REPULL_DAYS = 2  # trips and stops finish after midnight and stopEnd fills in a day later
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+DESCRIPTIONS = {
+    "routelog": (
+        "Metrotec route log: one row per trip (engine on to off) with driving and pause time, "
+        "distance, speeds and addresses; landed per UTC day of startTime."
+    ),
+    "stops": (
+        "Metrotec stops: engine-running (idling) and engine-off stops; runningTime kept as "
+        "sent and as running_time_s; fuel codes (-2 = no reading) kept and flagged."
+    ),
+    "refuels": ("Metrotec refuels with litres before and after; landed per UTC day of startTime."),
+    "fuel_levels": (
+        "Metrotec fuel level history (litres, position, ignition), paged by start_from; "
+        "landed per UTC day of GMTime. Negative fuel values are device codes, flagged."
+    ),
+}
+
+
+class NoVehicleSnapshot(RuntimeError):
+    """The partitioned tables need the vehicle list from the lake first."""
+
+
+def _asset_name(key: AssetKey) -> str:
+    return "/".join(key.path)
+
+
+def _failure(exc: VendorAPIError) -> Failure:
+    """One line: which request, what the API said; an auth refusal is not worth a retry."""
+    return Failure(description=str(exc), allow_retries=not isinstance(exc, MetrotecAuthError))
+
+
+def _client(metrotec: MetrotecResource, key: AssetKey) -> MetrotecClient:
+    try:
+        return metrotec.client(_asset_name(key))
+    except MissingCredentialError as exc:
+        raise credential_failure(exc) from None
+    except ValueError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+
+
+def latest_vehicle_snapshot(lake: Lake) -> tuple[date, list[str]]:
+    """Vehicle ids of the newest `raw/metrotec/vehicles` day in the lake."""
+    folders = sorted(
+        p
+        for p in lake.table_dir(SOURCE, "vehicles").glob("day=*")
+        if p.is_dir() and any(p.glob("*.parquet"))
+    )
+    if not folders:
+        raise NoVehicleSnapshot(
+            "no raw/metrotec/vehicles snapshot in the lake: materialize raw/metrotec/vehicles "
+            "first (the metrotec_refresh job does both)"
+        )
+    latest = folders[-1]
+    ids: set[str] = set()
+    for path in sorted(latest.glob("*.parquet")):
+        ids.update(v for v in pq.read_table(path, columns=["id"])["id"].to_pylist() if v)
+    return date.fromisoformat(latest.name.removeprefix("day=")), sorted(ids)
+
+
+def partition_days(context: AssetExecutionContext) -> list[date]:
+    window = context.partition_time_window
+    first = window.start.date()
+    return [first + timedelta(days=i) for i in range((window.end.date() - first).days)]
+
+
+def build_metrotec_defs(partitions: DailyPartitionsDefinition) -> Definitions:
+    vehicles = _build_vehicles_asset()
+    with warnings.catch_warnings():
+        # `backfill_policy` is marked beta; single-run backfills are the point of these assets.
+        warnings.simplefilter("ignore", BetaWarning)
+        activity = _build_activity_assets(partitions)
+    job = define_asset_job(
+        JOB_NAME,
+        selection=AssetSelection.assets(VEHICLES_KEY, *TABLE_KEYS.values()),
+        description=(
+            "Refresh the Metrotec vehicle list, then pull the partition range for every "
+            "vehicle in it (one run: the vehicles step finishes first)."
+        ),
+    )
+    return Definitions(
+        assets=[vehicles, activity], jobs=[job], schedules=[_build_schedule(partitions)]
+    )
+
+
+def _build_vehicles_asset() -> AssetsDefinition:
+    @asset(
+        key=VEHICLES_KEY,
+        pool=POOL,
+        group_name=GROUP,
+        kinds={"python", "parquet"},
+        check_specs=[
+            AssetCheckSpec(
+                VEHICLES_CHECK,
+                asset=VEHICLES_KEY,
+                description=(
+                    "Fails when the API listed no vehicle: the partitioned tables then refuse "
+                    "to run rather than overwrite days with nothing."
+                ),
+            )
+        ],
+        description=(
+            "The Metrotec vehicle list, one snapshot per fetch day (UTC); the partitioned "
+            "Metrotec tables pull every vehicle of the newest snapshot."
+        ),
+    )
+    def metrotec_vehicles(
+        context: AssetExecutionContext, metrotec: MetrotecResource, lake: LakeResource
+    ) -> MaterializeResult:
+        client = _client(metrotec, VEHICLES_KEY)
+        try:
+            rows = client.vehicles()
+        except VendorAPIError as exc:
+            raise _failure(exc) from None
+        finally:
+            client.close()
+        extracted_at = datetime.now(UTC)
+        snapshot_day = extracted_at.date()
+        typed = type_vehicles(rows, extracted_at)
+        lake_ = lake.lake()
+        if typed.quarantined:
+            context.log.warning(f"{len(typed.quarantined)} vehicle rows quarantined (no id)")
+            lake_.write_file(
+                SOURCE,
+                QUARANTINE_TABLE,
+                snapshot_day,
+                "vehicles",
+                quarantine_table(typed.quarantined, extracted_at),
+            )
+        written = lake_.replace_partition(SOURCE, "vehicles", snapshot_day, typed.table)
+        context.log.info(f"{written.rows} Metrotec vehicles, snapshot day {snapshot_day}")
+        return MaterializeResult(
+            metadata={
+                "rows": written.rows,
+                "files": 1,
+                "bytes": written.bytes,
+                **client.stats.as_metadata(),
+                "quarantined_rows": len(typed.quarantined),
+                "unparsed_values": typed.unparsed_values,
+                "duplicates_dropped": typed.duplicates_dropped,
+                "snapshot_day": snapshot_day.isoformat(),
+            },
+            check_results=[
+                AssetCheckResult(
+                    check_name=VEHICLES_CHECK,
+                    passed=written.rows > 0,
+                    severity=AssetCheckSeverity.ERROR,
+                    metadata={"vehicles": written.rows},
+                )
+            ],
+        )
+
+    return metrotec_vehicles
+
+
+def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
+    routelog_key = TABLE_KEYS["routelog"]
+
+    @multi_asset(
+        name="metrotec_activity",
+        specs=[
+            AssetSpec(
+                key,
+                deps=[VEHICLES_KEY],
+                group_name=GROUP,
+                kinds={"python", "parquet"},
+                description=DESCRIPTIONS[table],
+            )
+            for table, key in TABLE_KEYS.items()
+        ],
+        check_specs=[
+            AssetCheckSpec(
+                ROUTELOG_CHECK,
+                asset=routelog_key,
+                description=(
+                    "Warns when landed trips have no stopTime, stop before they start, or drive "
+                    "longer than they last: their idle time is then unknown (NULL in fct_trips)."
+                ),
+            )
+        ],
+        partitions_def=partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        can_subset=True,
+        pool=POOL,
+    )
+    def metrotec_activity(
+        context: AssetExecutionContext, metrotec: MetrotecResource, lake: LakeResource
+    ) -> Iterator[MaterializeResult]:
+        tables = [t for t in TABLES if TABLE_KEYS[t] in context.selected_asset_keys]
+        first_key = TABLE_KEYS[tables[0]]
+        lake_ = lake.lake()
+        try:
+            snapshot_day, vehicle_ids = latest_vehicle_snapshot(lake_)
+        except NoVehicleSnapshot as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
+        if not vehicle_ids:
+            raise Failure(
+                description=(
+                    f"the raw/metrotec/vehicles snapshot of {snapshot_day} lists no vehicles: "
+                    "nothing pulled, partitions left as they were"
+                ),
+                allow_retries=False,
+            )
+        try:
+            window_days = metrotec.checked_window_days()
+        except ValueError as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
+        client = _client(metrotec, first_key)
+        days = partition_days(context)
+        context.log.info(
+            f"Metrotec {', '.join(tables)} for {days[0]}..{days[-1]} ({len(days)} days), "
+            f"{len(vehicle_ids)} vehicles of the {snapshot_day} snapshot"
+        )
+        fetched_on = datetime.now(UTC).date()
+
+        def land(table: str, window_days_: list[date], data: pa.Table) -> tuple[int, int]:
+            written: dict[date, WriteResult] = lake_.replace_partitions(
+                SOURCE, table, window_days_, data
+            )
+            return len(written), sum(w.bytes for w in written.values())
+
+        def quarantine(table: str, window: Window, data: pa.Table) -> None:
+            name = f"{table}_{window.first_day}_{window.last_day}"
+            lake_.write_file(SOURCE, QUARANTINE_TABLE, fetched_on, name, data)
+            context.log.warning(
+                f"{data.num_rows} {table} rows of {window.first_day}..{window.last_day} could "
+                f"not be placed (no id or time) and were quarantined in "
+                f"{SOURCE}/{QUARANTINE_TABLE}/day={fetched_on}/{name}.parquet"
+            )
+
+        try:
+            results = extract_range(
+                client,
+                vehicle_ids,
+                days,
+                tables=tables,
+                land=land,
+                quarantine=quarantine,
+                window_days=window_days,
+                progress=context.log.info,
+            )
+        except VendorAPIError as exc:
+            raise _failure(exc) from None
+        finally:
+            client.close()
+        windows = len(plan_windows(days, window_days))
+        common = {
+            "vehicles": len(vehicle_ids),
+            "vehicles_snapshot_day": snapshot_day.isoformat(),
+            "api_windows": windows,
+            "first_day": days[0].isoformat(),
+            "last_day": days[-1].isoformat(),
+            "run_api_requests": client.stats.requests,
+            "logins": client.logins,
+            "reauthentications": client.reauthentications,
+        }
+        for table in tables:
+            result = results[table]
+            if result.not_found:
+                context.log.warning(
+                    f"{table}: the API answered 404 for {result.not_found} vehicle window(s); "
+                    "landed as no data"
+                )
+            check_results = []
+            if (
+                table == "routelog"
+                and AssetCheckKey(routelog_key, ROUTELOG_CHECK) in context.selected_asset_check_keys
+            ):
+                check_results.append(
+                    AssetCheckResult(
+                        check_name=ROUTELOG_CHECK,
+                        asset_key=routelog_key,
+                        passed=result.inconsistent_trips == 0,
+                        severity=AssetCheckSeverity.WARN,
+                        metadata={"inconsistent_trips": result.inconsistent_trips},
+                    )
+                )
+            yield MaterializeResult(
+                asset_key=TABLE_KEYS[table],
+                metadata=_table_metadata(table, result) | common,
+                check_results=check_results,
+            )
+
+    return metrotec_activity
+
+
+def _table_metadata(table: str, result: TableResult) -> dict[str, float | int | str]:
+    metadata: dict[str, float | int | str] = {
+        "rows": result.rows,
+        "files": result.files,
+        "bytes": result.bytes,
+        **result.stats.as_metadata(),
+        "rows_received": result.rows_received,
+        "quarantined_rows": result.quarantined,
+        "unparsed_values": result.unparsed_values,
+        "duplicates_dropped": result.duplicates_dropped,
+        "rows_outside_range": result.outside_range,
+        "vehicles_not_found": result.not_found,
+    }
+    if table in ("stops", "refuels", "fuel_levels"):
+        metadata["fuel_code_rows"] = result.fuel_code_rows
+    return metadata
+
+
+def _build_schedule(partitions: DailyPartitionsDefinition) -> ScheduleDefinition:
+    @schedule(
+        name=SCHEDULE_NAME,
+        cron_schedule="45 3 * * *",
+        job_name=JOB_NAME,
+        execution_timezone="UTC",
+        description=(
+            "Daily at 03:45 UTC: refresh the vehicle list, then re-pull the last 2 complete "
+            "UTC days of Metrotec route log, stops, refuels and fuel levels (one run)."
+        ),
+    )
+    def metrotec_daily(context: ScheduleEvaluationContext) -> RunRequest:
+        tick = context.scheduled_execution_time or datetime.now(UTC)
+        last = tick.date() - timedelta(days=1)
+        first = max(last - timedelta(days=REPULL_DAYS - 1), partitions.start.date())
+        return RunRequest(
+            run_key=f"metrotec-{first}-{last}",
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: first.isoformat(),
+                ASSET_PARTITION_RANGE_END_TAG: last.isoformat(),
+            },
+        )
+
+    return metrotec_daily
+
+
+def run_summary(result: ExecuteInProcessResult) -> str:
+    """One line for `fleet demo`: rows per Metrotec table and the run's API traffic."""
+    latest: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        if event.asset_key == VEHICLES_KEY or event.asset_key in TABLE_KEYS.values():
+            metadata = event.materialization.metadata
+            latest[event.asset_key.path[-1]] = {k: v.value for k, v in metadata.items()}
+    if not latest:
+        return ""
+    rows = " ".join(f"{name}={meta['rows']}" for name, meta in latest.items())
+    requests = sum(meta["api_requests"] for meta in latest.values())
+    http_429s = sum(meta["http_429s"] for meta in latest.values())
+    waited = sum(meta["rate_limit_wait_s"] for meta in latest.values())
+    relogins = max((meta.get("reauthentications", 0) for meta in latest.values()), default=0)
+    return (
+        f"{rows} requests={requests} 429s={http_429s} limit-wait={waited:.1f}s relogins={relogins}"
+    )

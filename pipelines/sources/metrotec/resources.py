@@ -1,0 +1,102 @@
+"""The Metrotec resource: configuration in, a ready `MetrotecClient` out."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource, EnvVar
+
+from pipelines.resources import make_limiter
+from pipelines.settings import FleetSettings, require
+from pipelines.sources.metrotec.client import (
+    DEFAULT_REFRESH_MARGIN_S,
+    MAX_WINDOW_DAYS,
+    MetrotecClient,
+    MetrotecPaths,
+)
+
+_PATHS = MetrotecPaths()
+
+
+class MetrotecResource(ConfigurableResource):
+    """Metrotec settings (DESIGN §3 plus METROTEC_RATE_LIMIT, _WINDOW_DAYS and _PATH_*).
+
+    The password arrives through `EnvVar`; the username is not a secret but is only ever sent
+    in the login body.
+    """
+
+    base_url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    api_version: str = "1.1.0"
+    user_agent: str
+    rate_limit: str = "5/1"
+    ratelimit_db: str
+    window_days: int = MAX_WINDOW_DAYS
+    token_refresh_margin_s: float = DEFAULT_REFRESH_MARGIN_S
+    path_login: str = _PATHS.login
+    path_vehicles: str = _PATHS.vehicles
+    path_routelog: str = _PATHS.routelog
+    path_stops: str = _PATHS.stops
+    path_refuels: str = _PATHS.refuels
+    path_fuel_levels: str = _PATHS.fuel_levels
+
+    @classmethod
+    def from_settings(cls, settings: FleetSettings, *, password: EnvVar | None) -> MetrotecResource:
+        return cls(
+            base_url=settings.metrotec_base_url,
+            username=settings.metrotec_username,
+            password=password,
+            api_version=settings.metrotec_api_version,
+            user_agent=settings.metrotec_user_agent,
+            rate_limit=settings.metrotec_rate_limit,
+            ratelimit_db=str(settings.fleet_ratelimit_db),
+            window_days=settings.metrotec_window_days,
+            token_refresh_margin_s=settings.metrotec_token_refresh_margin_s,
+            path_login=settings.metrotec_path_login,
+            path_vehicles=settings.metrotec_path_vehicles,
+            path_routelog=settings.metrotec_path_routelog,
+            path_stops=settings.metrotec_path_stops,
+            path_refuels=settings.metrotec_path_refuels,
+            path_fuel_levels=settings.metrotec_path_fuel_levels,
+        )
+
+    @property
+    def paths(self) -> MetrotecPaths:
+        return MetrotecPaths(
+            login=self.path_login,
+            vehicles=self.path_vehicles,
+            routelog=self.path_routelog,
+            stops=self.path_stops,
+            refuels=self.path_refuels,
+            fuel_levels=self.path_fuel_levels,
+        )
+
+    def checked_window_days(self) -> int:
+        if not 1 <= self.window_days <= MAX_WINDOW_DAYS:
+            raise ValueError(
+                f"METROTEC_WINDOW_DAYS must be 1..{MAX_WINDOW_DAYS}, got {self.window_days}"
+            )
+        return self.window_days
+
+    def client(self, asset: str) -> MetrotecClient:
+        """Raises `MissingCredentialError` naming the first unset variable."""
+        base_url = require(self.base_url, "METROTEC_BASE_URL", asset)
+        username = require(self.username, "METROTEC_USERNAME", asset)
+        password = require(self.password, "METROTEC_PASSWORD", asset)
+        api_version = require(self.api_version, "METROTEC_API_VERSION", asset)
+        user_agent = require(self.user_agent, "METROTEC_USER_AGENT", asset)
+        if not (user_agent.isascii() and user_agent.isprintable()):
+            raise ValueError("METROTEC_USER_AGENT must be printable ASCII (the API asks for it)")
+        # One ledger key per account: every process pulling it shares METROTEC_RATE_LIMIT.
+        limiter = make_limiter(
+            f"metrotec|{base_url.rstrip('/')}|{username}", self.rate_limit, self.ratelimit_db
+        )
+        return MetrotecClient(
+            base_url,
+            username=username,
+            password=password,
+            api_version=api_version,
+            user_agent=user_agent,
+            paths=self.paths,
+            limiter=limiter,
+            refresh_margin_s=self.token_refresh_margin_s,
+        )

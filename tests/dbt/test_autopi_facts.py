@@ -1,0 +1,124 @@
+"""AutoPi's dbt models on a real DuckDB build, compared with the simulator's ground truth.
+
+The world is the demo fleet's (seed 7), whose AutoPi tank sizes are in the
+autopi_vehicle_tanks seed, so litres can be checked too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+
+import duckdb
+import pytest
+from dagster import AssetKey, materialize
+
+from pipelines.definitions import build_defs
+from pipelines.simulator.autopi import AutoPiServer, env
+from pipelines.simulator.world import World
+
+MODELS = [
+    "autopi_vehicle_tanks",
+    "stg_autopi__trips",
+    "stg_autopi__datapoints",
+    "int_autopi__speed_intervals",
+    "int_autopi__trips",
+    "int_autopi__idle_periods",
+]
+CONFORMED_TRIPS = [
+    "trip_id", "source", "source_trip_id", "source_vehicle_id", "started_at", "ended_at",
+    "duration_s", "driving_s", "idle_s", "distance_km", "max_speed_kmh", "fuel_used_l",
+    "fuel_cost", "start_lat", "start_lon", "start_address", "end_lat", "end_lon", "end_address",
+]  # fmt: skip
+CONFORMED_IDLE = [
+    "idle_period_id", "source", "source_vehicle_id", "started_at", "ended_at", "duration_s",
+    "lat", "lon", "address", "trip_id",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World(seed=7, vehicles=12, days=2, end_day=date(2026, 3, 31))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, world: World) -> Iterator[duckdb.DuckDBPyConnection]:
+    tmp = tmp_path_factory.mktemp("autopi_facts")
+    now = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
+    with AutoPiServer(world, clock=lambda: now) as server, pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        for key, value in {
+            **env(server),
+            "FLEET_LAKE_DIR": str(tmp / "lake"),
+            "FLEET_DUCKDB_PATH": str(tmp / "fleet.duckdb"),
+            "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
+            "FLEET_START_DATE": "2026-03-01",
+        }.items():
+            mp.setenv(key, value)
+        defs = build_defs()
+        raw = [AssetKey(["raw", "autopi", "trips"]), AssetKey(["raw", "autopi", "datapoints"])]
+        assert materialize(list(defs.assets), resources=defs.resources, selection=raw).success
+        models = [AssetKey([m]) for m in MODELS]
+        assert materialize(list(defs.assets), resources=defs.resources, selection=models).success
+    con = duckdb.connect(str(tmp / "fleet.duckdb"), read_only=True)
+    yield con
+    con.close()
+
+
+def test_conformed_models_have_exactly_the_union_shapes(built: duckdb.DuckDBPyConnection) -> None:
+    assert [c[0] for c in built.execute("describe int_autopi__trips").fetchall()] == CONFORMED_TRIPS
+    idle = [c[0] for c in built.execute("describe int_autopi__idle_periods").fetchall()]
+    assert idle == CONFORMED_IDLE
+
+
+def test_trips_match_the_world(built: duckdb.DuckDBPyConnection, world: World) -> None:
+    truth = {t.trip_id: t for t in world.trips()}
+    rows = built.execute(
+        "select source_trip_id, source_vehicle_id, started_at, ended_at, duration_s, driving_s,"
+        " idle_s, distance_km, max_speed_kmh, fuel_used_l, fuel_cost from int_autopi__trips"
+    ).fetchall()
+    autopi = {t for t in truth if "autopi" in world.vehicles[truth[t].vehicle_index].sources}
+    assert {r[0] for r in rows} == autopi
+    for tid, device, started, ended, dur, driving, idle, km, vmax, fuel, cost in rows:
+        trip = truth[tid]
+        vehicle = world.vehicles[trip.vehicle_index]
+        assert device == vehicle.autopi_device_id
+        assert (started.astimezone(UTC), ended.astimezone(UTC)) == (trip.started_at, trip.ended_at)
+        assert dur == trip.duration_s and driving + idle == dur
+        # each idle span's two ends are known to one 5 s sampling interval
+        assert idle == pytest.approx(trip.idle_s, abs=5 * len(trip.idle_spans()) + 5)
+        assert km == pytest.approx(trip.distance_km, abs=1e-6)
+        # sampled every 5 s, a reading may miss the top of the ±4% speed wobble
+        assert trip.max_speed_kmh / 1.09 <= vmax <= trip.max_speed_kmh + 0.5
+        assert fuel == pytest.approx(trip.fuel_used_l(vehicle), abs=0.1)
+        assert cost is None
+
+
+def test_idle_periods_are_the_worlds_long_idles(
+    built: duckdb.DuckDBPyConnection, world: World
+) -> None:
+    periods = built.execute(
+        "select s.source_trip_id, i.started_at, i.duration_s from int_autopi__idle_periods i"
+        " join stg_autopi__trips s on s.autopi_trip_id = i.trip_id"
+    ).fetchall()
+    trips = [t for t in world.trips() if "autopi" in world.vehicles[t.vehicle_index].sources]
+    spans = {t.trip_id: t.idle_spans() for t in trips}
+    assert all(d >= 60 for _, _, d in periods)
+    for trip_id, started, duration in periods:  # every period is a real idle span
+        match = [s for s in spans[trip_id] if abs((s.started_at - started).total_seconds()) <= 5.5]
+        assert len(match) == 1 and match[0].duration_s == pytest.approx(duration, abs=5.5)
+    found = {(t, s.astimezone(UTC).replace(microsecond=0)) for t, s, _ in periods}
+    for trip_id, trip_spans in spans.items():  # every clearly long idle span is found
+        for span in trip_spans:
+            if span.duration_s >= 66:
+                assert any(
+                    t == trip_id and 0 <= (s - span.started_at).total_seconds() <= 5.5
+                    for t, s in found
+                ), span
+
+
+def test_datapoints_are_keyed_by_trip_and_line(built: duckdb.DuckDBPyConnection) -> None:
+    total, keys = built.execute(
+        "select count(*), count(distinct (source_trip_id, line_no)) from stg_autopi__datapoints"
+    ).fetchone()
+    assert total == keys > 0
