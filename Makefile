@@ -37,6 +37,9 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/avl_backfill.py
+	$(BIN)/python bench/autopi_ingest.py
+	$(BIN)/python bench/kt1_drain.py
+	$(BIN)/python bench/metrotec_backfill.py
 
 clean:
 	rm -rf $(VENV) data dbt_models/target dbt_models/logs

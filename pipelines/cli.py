@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -34,12 +35,21 @@ def _print_env(env: dict[str, str]) -> None:
 
 
 def _ensure_dagster_home(home: Path) -> None:
-    """A persistent instance so the UI shows the demo's runs; defaults are fine, say so."""
+    """A persistent instance so the UI shows the demo's runs, with the kt1 drain limits."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(
-            "# Defaults: run, event and schedule storage in SQLite beside this file.\n"
+            "# Run, event and schedule storage in SQLite beside this file (the defaults).\n"
+            "# Two kt1 drains must never run at once: they would fight over one queue.\n"
+            "concurrency:\n"
+            "  pools:\n"
+            "    default_limit: 1\n"
+            "  runs:\n"
+            "    tag_concurrency_limits:\n"
+            "      - key: fleet/queue\n"
+            "        value: kt1\n"
+            "        limit: 1\n"
         )
 
 
@@ -81,7 +91,7 @@ def _materialize(defs, selection, tags: dict[str, str] | None, instance, log: Pa
     """Run quietly: Dagster's console log and dbt's output go to `log`, the screen stays calm."""
     from dagster import materialize
 
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as fh, contextlib.redirect_stdout(fh):
         return materialize(
@@ -125,29 +135,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Simulated fleet: {len(world.vehicles)} vehicles; "
         f"pulling {first}..{last} ({args.days} days).\n"
         "The AVL API allows 10 requests per 60 s; the simulator scales that to "
-        "[bold]10 per 3 s[/] so the demo is quick, and the pipeline is told the same limit."
+        "[bold]10 per 3 s[/] so the demo is quick, and the pipeline is told the same limit.\n"
+        "Metrotec states no limit; the pipeline paces itself at 5 requests/s, the demo at 20/s.\n"
+        "AutoPi exports a trip 10 minutes after it ends, so the latest trips show as pending."
     )
     started = time.monotonic()
-    with start_all(world) as sims:
+    # A short long-poll so the kt1 drain ends promptly once the queue is empty.
+    with start_all(world, kt1_long_poll_s=1.0) as sims:
         os.environ.update(sims.env())
         os.environ["FLEET_START_DATE"] = min(first, get_settings().fleet_start_date).isoformat()
+        # Metrotec states no rate limit and the pipeline paces itself at 5/s; the demo at 20/s.
+        os.environ["METROTEC_RATE_LIMIT"] = "20/1"
+        os.environ["KT1_DRAIN_SECONDS"] = "60"  # the drain stops as soon as the queue is empty
         from pipelines.definitions import build_defs
+        from pipelines.sources.autopi import assets as autopi_assets
+        from pipelines.sources.kt1 import assets as kt1_assets
+        from pipelines.sources.metrotec import assets as metrotec_assets
 
         defs = build_defs()
         instance = DagsterInstance.get()
+        day_range = {
+            "dagster/asset_partition_range_start": first.isoformat(),
+            "dagster/asset_partition_range_end": last.isoformat(),
+        }
         steps = [
+            ("avl-trips", "AVL trips", [AssetKey(["raw", "avl", "trips"])], day_range, _summary_of),
             (
-                "avl-trips",
-                "AVL trips",
-                [AssetKey(["raw", "avl", "trips"])],
-                {
-                    "dagster/asset_partition_range_start": first.isoformat(),
-                    "dagster/asset_partition_range_end": last.isoformat(),
-                },
+                "metrotec",
+                "Metrotec vehicles, route log, stops, refuels, fuel levels",
+                [metrotec_assets.VEHICLES_KEY, *metrotec_assets.TABLE_KEYS.values()],
+                day_range,
+                metrotec_assets.run_summary,
             ),
-            ("dbt-build", "dbt build (staging, facts, marts)", "kind:dbt", None),
+            (
+                "kt1-stream",
+                "kt1 export stream (drain until empty)",
+                list(kt1_assets.ASSET_KEYS.values()),
+                None,
+                kt1_assets.summarize_drain,
+            ),
+            (
+                "autopi-exports",
+                "AutoPi trip exports (land, then clear upstream)",
+                [AssetKey(["raw", "autopi", "trips"]), AssetKey(["raw", "autopi", "datapoints"])],
+                None,
+                autopi_assets.summary_line,
+            ),
+            ("dbt-build", "dbt build (staging, facts, marts)", "kind:dbt", None, lambda r: ""),
         ]
-        for name, label, selection, tags in steps:
+        for name, label, selection, tags, summarize in steps:
             t0 = time.monotonic()
             log = data_dir / "logs" / f"demo-{name}.log"
             with console.status(f"{label} ..."):
@@ -158,7 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     console.print(f"  {line}", highlight=False)
                 return 1
             console.print(
-                f"[green]✓[/] {label} in {time.monotonic() - t0:.1f}s  {_summary_of(result)}"
+                f"[green]✓[/] {label} in {time.monotonic() - t0:.1f}s  {summarize(result)}"
             )
     _print_fleet_summary(Path(os.environ["FLEET_DUCKDB_PATH"]), first, last)
     console.print(f"\nDone in {time.monotonic() - started:.0f}s. Lake: {data_dir / 'lake'}")
@@ -195,8 +231,13 @@ def _print_fleet_summary(duckdb_path: Path, first: date, last: date) -> None:
             """
             select f.vehicle_id, coalesce(any_value(v.display_name), f.vehicle_id),
                    sum(trips), sum(distance_km), sum(driving_s) / 3600, sum(idle_s) / 3600,
-                   sum(idle_s) / nullif(sum(driving_s) + sum(idle_s), 0), sum(fuel_used_l)
-            from fleet_daily f left join dim_vehicles v using (vehicle_id)
+                   sum(idle_s) / nullif(sum(driving_s) + sum(idle_s), 0), sum(fuel_used_l),
+                   sum(refuels), sum(refuel_l)
+            from fleet_daily f
+            left join (
+                select vehicle_id, min(display_name) as display_name
+                from dim_vehicles group by vehicle_id
+            ) v using (vehicle_id)
             where day between ? and ?
             group by f.vehicle_id order by f.vehicle_id
             """,
@@ -204,19 +245,26 @@ def _print_fleet_summary(duckdb_path: Path, first: date, last: date) -> None:
         ).fetchall()
     finally:
         con.close()
-    table = Table(title=f"Fleet summary {first}..{last}")
-    for col in ("vehicle", "name", "trips", "km", "driving h", "idle h", "idle %", "fuel l"):
-        table.add_column(col, justify="left" if col in ("vehicle", "name") else "right")
-    for vid, name, trips, km, drive_h, idle_h, share, fuel in rows:
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title=f"Fleet summary {first}..{last}",
+        caption="from fleet_daily; a trip several sources report is counted once; "
+        "ref l = litres refuelled",
+    )
+    table.add_column("vehicle", min_width=17)
+    for col in ("trips", "km", "idle h", "idle%", "fuel l", "refuels", "ref l"):
+        table.add_column(col, justify="right", min_width=len(col))
+    for vid, name, trips, km, _driving_h, idle_h, share, fuel, refuels, refuel_l in rows:
         table.add_row(
-            vid,
-            name,
+            f"{vid} {name}",
             f"{trips}",
-            f"{km:,.1f}",
-            f"{drive_h:.1f}",
+            f"{km:,.0f}",
             f"{idle_h:.1f}",
             f"{share * 100:.1f}" if share is not None else "-",
             f"{fuel:,.1f}" if fuel is not None else "-",
+            f"{refuels}" if refuels is not None else "-",
+            f"{refuel_l:,.1f}" if refuel_l is not None else "-",
         )
     console.print(table)
 
@@ -245,6 +293,33 @@ def cmd_dev(args: argparse.Namespace) -> int:
             return subprocess.call(command, env=env)
         except KeyboardInterrupt:
             return 0
+
+
+# --- fleet webhook / fleet autopi reexport ------------------------------------------------
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    """The AutoPi `trip_export_finished` receiver; the sensor picks signals up at its next tick."""
+    from pipelines.settings import load_env_file
+    from pipelines.sources.autopi.webhook import serve_webhook
+
+    load_env_file()
+    return int(serve_webhook(args.host, args.port, None, Path(args.state) if args.state else None))
+
+
+def cmd_autopi_reexport(args: argparse.Namespace) -> int:
+    """Re-run AutoPi exports of trips whose export is gone, and land them when done."""
+    from pipelines.settings import load_env_file
+    from pipelines.sources.autopi.assets import reexport_trips, summary_line
+
+    load_env_file()
+    result = reexport_trips(args.trip_ids, wait_s=args.wait)
+    console.print(summary_line(result), highlight=False)
+    if not result.success:
+        for line in _failure_lines(result):
+            console.print(f"[red]{line}[/]", highlight=False)
+        return 1
+    return 0
 
 
 # --- fleet sql --------------------------------------------------------------------------------
@@ -309,6 +384,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--simulate", action="store_true", help="against a live simulator")
     dev.add_argument("--days", type=int, default=14)
     dev.set_defaults(func=cmd_dev)
+
+    hook = sub.add_parser("webhook", help="receive AutoPi trip_export_finished signals")
+    hook.add_argument("--host", default="127.0.0.1")
+    hook.add_argument("--port", type=int, default=8765)
+    hook.add_argument("--state", help="signal ledger (default: the AutoPi state in the lake)")
+    hook.set_defaults(func=cmd_webhook)
+
+    autopi = sub.add_parser("autopi", help="AutoPi maintenance")
+    autopi_sub = autopi.add_subparsers(dest="autopi_command", required=True)
+    reexport = autopi_sub.add_parser("reexport", help="re-run exports of trips and land them")
+    reexport.add_argument("trip_ids", nargs="+", metavar="TRIP_ID")
+    reexport.add_argument("--wait", type=float, default=900.0, help="seconds to wait for exports")
+    reexport.set_defaults(func=cmd_autopi_reexport)
 
     sql = sub.add_parser("sql", help="query the DuckDB marts")
     sql.add_argument("query")

@@ -249,7 +249,11 @@ ErrorParser = Callable[[requests.Response], tuple[str, str]]
 
 
 def parse_json_error(response: requests.Response) -> tuple[str, str]:
-    """Best-effort (code, message) from the common JSON error shapes, never the raw body."""
+    """(code, message) from the vendors' JSON error shapes, never the raw body.
+
+    `{"error": {"code", "message"}}` (AVL), `{"detail", "code"}` (AutoPi, DRF),
+    `{"statusCode", "error", "message"}` (kt1), `{"error", "message"}` (Metrotec).
+    """
     try:
         body = response.json()
     except ValueError:
@@ -260,8 +264,8 @@ def parse_json_error(response: requests.Response) -> tuple[str, str]:
         if isinstance(err, dict):
             code = err.get("code") or err.get("error") or response.reason or ""
             message = err.get("message") or err.get("detail") or err.get("msg") or ""
-            return str(code), str(message)
-        return str(err), str(body.get("message") or body.get("detail") or "")
+            return str(code), str(message)[:200]
+        return str(err), str(body.get("message") or body.get("detail") or "")[:200]
     return response.reason or "", str(body)[:200]
 
 

@@ -7,6 +7,10 @@ vehicles as (
     select * from {{ ref('int_vehicle_identities') }}
 ),
 
+duplicates as (
+    select * from {{ ref('int_trips__cross_source_duplicates') }}
+),
+
 final as (
     select
         trips.trip_id,
@@ -30,11 +34,14 @@ final as (
         trips.start_address,
         trips.end_lat,
         trips.end_lon,
-        trips.end_address
+        trips.end_address,
+        duplicates.duplicate_of_trip_id
     from trips
     left join vehicles
         on vehicles.source = trips.source
         and vehicles.source_vehicle_id = trips.source_vehicle_id
+    left join duplicates
+        on duplicates.trip_id = trips.trip_id
 )
 
 select * from final

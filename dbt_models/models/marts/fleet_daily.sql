@@ -32,6 +32,8 @@ per_day as (
         sum(fuel_used_l) as fuel_used_l,
         sum(fuel_cost) as fuel_cost
     from trips
+    -- Another source's copy of a trip already counted.
+    where duplicate_of_trip_id is null
     group by 1, 2
 ),
 

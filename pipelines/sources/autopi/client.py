@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import requests
-
 from pipelines.http import ApiClient, SlidingWindowLimiter, VendorAPIError
 
 EXPORT_TASK = "core.tasks.es_trip_export"
@@ -62,17 +60,6 @@ def _parse_ts(value: str) -> datetime | None:
         return None
 
 
-def _drf_error(response: requests.Response) -> tuple[str, str]:
-    """DRF errors: `{"detail": "...", "code": "..."}`; never echo a raw body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.reason or "", ""
-    if isinstance(body, dict):
-        return str(body.get("code") or response.reason or ""), str(body.get("detail") or "")[:200]
-    return response.reason or "", ""
-
-
 class AutoPiClient(ApiClient):
     """The endpoints of AutoPi's automatic-exports reference."""
 
@@ -85,7 +72,6 @@ class AutoPiClient(ApiClient):
             base_url,
             limiter=limiter,
             headers={"Authorization": f"APIToken {token}", "Accept": "application/json"},
-            error_parser=_drf_error,
             **kw,
         )
 

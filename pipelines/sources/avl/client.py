@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipelines.http import ApiClient, SlidingWindowLimiter, VendorAPIError
+from pipelines.windows import day_runs
 
 TRIPS_PATH = "apidev/v1/reports/avl/trips"
 MAX_WINDOW = timedelta(days=31)
@@ -54,26 +55,15 @@ def plan_windows(
     A window is measured in the API's local wall-clock time, which a DST change can stretch
     by an hour; such a window is shortened by a day rather than rejected by the API.
     """
-    ordered = sorted(set(days))
-    windows: list[Window] = []
-    i = 0
-    while i < len(ordered):
-        j = i
-        # Extend over consecutive days up to max_days.
-        while (
-            j + 1 < len(ordered)
-            and ordered[j + 1] - ordered[j] == timedelta(days=1)
-            and (ordered[j + 1] - ordered[i]).days < max_days
-        ):
-            j += 1
-        while True:
-            start, end = local_bounds(ordered[i], ordered[j], tz)
-            if end - start <= MAX_WINDOW or j == i:
-                break
-            j -= 1
-        windows.append(Window(ordered[i], ordered[j], start, end))
-        i = j + 1
-    return windows
+
+    def within_31_local_days(first: date, last: date) -> bool:
+        start, end = local_bounds(first, last, tz)
+        return end - start <= MAX_WINDOW
+
+    return [
+        Window(first, last, *local_bounds(first, last, tz))
+        for first, last in day_runs(days, max_days, within_31_local_days)
+    ]
 
 
 def device_batches(devices: Sequence[str]) -> list[list[str] | None]:
@@ -92,18 +82,6 @@ class TripsPage:
     rows: list[dict[str, Any]]
     total: int
     offset: int
-
-
-def _avl_error(response: Any) -> tuple[str, str]:
-    """AVL errors are `{"success": false, "error": {"code", "message"}}` (or flat)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.reason or "", ""
-    err = body.get("error", body) if isinstance(body, dict) else {}
-    if isinstance(err, dict):
-        return str(err.get("code", response.reason)), str(err.get("message", ""))
-    return str(err), str(body.get("message", ""))
 
 
 class AvlClient(ApiClient):
@@ -130,7 +108,6 @@ class AvlClient(ApiClient):
                 "tenant": tenant,
                 "Accept": "application/json",
             },
-            error_parser=_avl_error,
             **kwargs,
         )
 

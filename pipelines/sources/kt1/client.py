@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from pipelines.http import ApiClient, RetryPolicy, VendorAPIError
+from pipelines.http import ApiClient, RetryPolicy, VendorAPIError, parse_json_error
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,6 @@ class StreamStats:
     expired_ids: list[str] = field(default_factory=list)
 
 
-def _kt1_error(response: requests.Response) -> tuple[str, str]:
-    """KT1 errors look like `{"statusCode", "error", "message"}`; never echo more than that."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.reason or "", ""
-    if isinstance(body, dict):
-        return str(body.get("error") or response.reason or ""), str(body.get("message") or "")[:200]
-    return response.reason or "", ""
-
-
 class Kt1Client(ApiClient):
     """The export stream of one HTTP Export Task, authenticated by `x-access-token`."""
 
@@ -115,7 +104,6 @@ class Kt1Client(ApiClient):
             headers=headers,
             retry=retry,
             timeout=(10.0, long_poll_s + 15.0),
-            error_parser=_kt1_error,
             **kwargs,
         )
         # requests re-reads the proxy and CA environment on every request (~0.3 ms each); a
@@ -161,7 +149,7 @@ class Kt1Client(ApiClient):
             log.warning("kt1 DELETE /%s: %s; it will be redelivered", path, exc.vendor_message)
             return AckOutcome.FAILED
         if response.status_code in (404, 500):
-            code, message = _kt1_error(response)
+            code, message = parse_json_error(response)
             self.stream.acks_expired += 1
             self.stream.expired_ids.append(batch_id)
             log.warning(
@@ -180,7 +168,7 @@ def _names_a_bad_id(response: requests.Response) -> bool:
     """404, or a 500 whose body says the id is invalid/unknown/expired (other 500s retry)."""
     if response.status_code == 404:
         return True
-    code, message = _kt1_error(response)
+    code, message = parse_json_error(response)
     return bool(_EXPIRED_WORDS.search(f"{code} {message}"))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from pipelines.http import ApiClient, SlidingWindowLimiter, VendorAPIError
+from pipelines.windows import day_runs
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # every time parameter and value: UTC, no offset
 MAX_WINDOW_DAYS = 31
@@ -76,20 +77,7 @@ def plan_windows(days: Sequence[date], max_days: int = MAX_WINDOW_DAYS) -> list[
     """Cover the days with the fewest windows of consecutive days, each at most `max_days`."""
     if not 1 <= max_days <= MAX_WINDOW_DAYS:
         raise ValueError(f"window must be 1..{MAX_WINDOW_DAYS} days, got {max_days}")
-    ordered = sorted(set(days))
-    windows: list[Window] = []
-    i = 0
-    while i < len(ordered):
-        j = i
-        while (
-            j + 1 < len(ordered)
-            and ordered[j + 1] - ordered[j] == timedelta(days=1)
-            and (ordered[j + 1] - ordered[i]).days < max_days
-        ):
-            j += 1
-        windows.append(Window(ordered[i], ordered[j]))
-        i = j + 1
-    return windows
+    return [Window(first, last) for first, last in day_runs(days, max_days)]
 
 
 def format_time(ts: datetime) -> str:

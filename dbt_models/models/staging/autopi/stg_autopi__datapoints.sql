@@ -1,31 +1,32 @@
 -- One row per AutoPi datapoint, renamed to fleet words. Only the keys the facts use get a
 -- column here; every other declared key stays in the raw table, undeclared ones in `extra`.
-{#- Until the drain has run once, the lake has no AutoPi file and read_parquet would fail
-    the whole build; then this model is empty instead (the drain writes schema-only files). -#}
-{%- set landed = true -%}
-{%- if execute -%}
-    {%- set pattern = env_var('FLEET_LAKE_DIR', '../data/lake') ~ '/autopi/datapoints/day=*/*.parquet' -%}
-    {%- set landed = run_query("select count(*) from glob('" ~ pattern ~ "')").columns[0].values()[0] > 0 -%}
-{%- endif %}
 with source as (
-    {%- if landed %}
-    select * from {{ source('autopi', 'datapoints') }}
-    {%- else %}
-    select
-        cast(null as varchar) as trip_id, cast(null as bigint) as line_no,
-        cast(null as timestamptz) as "@ts", cast(null as timestamptz) as "@rec",
-        cast(null as varchar) as "@t", cast(null as varchar) as "@tag",
-        cast(null as bigint) as "@vid", cast(null as varchar) as "@uid",
-        cast(null as double) as "track.pos.loc.lat", cast(null as double) as "track.pos.loc.lon",
-        cast(null as double) as "track.pos.alt", cast(null as double) as "track.pos.sog",
-        cast(null as double) as "track.pos.cog", cast(null as double) as "track.pos.nsat",
-        cast(null as double) as "obd.speed.value", cast(null as varchar) as "obd.speed.unit",
-        cast(null as double) as "obd.rpm.value", cast(null as double) as "obd.engine_load.value",
-        cast(null as double) as "obd.coolant_temp.value", cast(null as double) as "obd.fuel_level.value",
-        cast(null as double) as "obd.bat.voltage", cast(null as double) as "obd.bat.level",
-        cast(null as varchar) as extra, cast(null as date) as day
-    where false
-    {%- endif %}
+    {{ lake_source('autopi', 'datapoints', {
+        'trip_id': 'varchar',
+        'line_no': 'bigint',
+        '"@ts"': 'timestamptz',
+        '"@rec"': 'timestamptz',
+        '"@t"': 'varchar',
+        '"@tag"': 'varchar',
+        '"@vid"': 'bigint',
+        '"@uid"': 'varchar',
+        '"track.pos.loc.lat"': 'double',
+        '"track.pos.loc.lon"': 'double',
+        '"track.pos.alt"': 'double',
+        '"track.pos.sog"': 'double',
+        '"track.pos.cog"': 'double',
+        '"track.pos.nsat"': 'double',
+        '"obd.speed.value"': 'double',
+        '"obd.speed.unit"': 'varchar',
+        '"obd.rpm.value"': 'double',
+        '"obd.engine_load.value"': 'double',
+        '"obd.coolant_temp.value"': 'double',
+        '"obd.fuel_level.value"': 'double',
+        '"obd.bat.voltage"': 'double',
+        '"obd.bat.level"': 'double',
+        'extra': 'varchar',
+        'day': 'date',
+    }) }}
 ),
 
 trips as (

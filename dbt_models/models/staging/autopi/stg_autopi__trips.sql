@@ -1,32 +1,32 @@
 -- One row per AutoPi trip: the trip object of its latest landed export. Files are named by
 -- trip id, so a re-export already replaced the earlier rows; the window only guards against a
 -- trip whose start day moved between exports and whose old file a crash left behind.
-{#- Until the drain has run once, the lake has no AutoPi file and read_parquet would fail
-    the whole build; then this model is empty instead (the drain writes schema-only files). -#}
-{%- set landed = true -%}
-{%- if execute -%}
-    {%- set pattern = env_var('FLEET_LAKE_DIR', '../data/lake') ~ '/autopi/trips/day=*/*.parquet' -%}
-    {%- set landed = run_query("select count(*) from glob('" ~ pattern ~ "')").columns[0].values()[0] > 0 -%}
-{%- endif %}
 with source as (
-    {%- if landed %}
-    select * from {{ source('autopi', 'trips') }}
-    {%- else %}
-    select
-        cast(null as varchar) as trip_id, cast(null as varchar) as device_id,
-        cast(null as bigint) as vehicle_id, cast(null as timestamptz) as started_at,
-        cast(null as timestamptz) as ended_at, cast(null as double) as duration_s,
-        cast(null as double) as distance_km, cast(null as double) as start_lat,
-        cast(null as double) as start_lon, cast(null as varchar) as start_address,
-        cast(null as double) as end_lat, cast(null as double) as end_lon,
-        cast(null as varchar) as end_address, cast(null as varchar) as tag,
-        cast(null as boolean) as personal, cast(null as timestamptz) as last_recalc_at,
-        cast(null as bigint) as task_id, cast(null as varchar) as export_sha256,
-        cast(null as bigint) as datapoints, cast(null as bigint) as malformed_lines,
-        cast(null as varchar) as undeclared_keys, cast(null as timestamptz) as landed_at,
-        cast(null as date) as day
-    where false
-    {%- endif %}
+    {{ lake_source('autopi', 'trips', {
+        'trip_id': 'varchar',
+        'device_id': 'varchar',
+        'vehicle_id': 'bigint',
+        'started_at': 'timestamptz',
+        'ended_at': 'timestamptz',
+        'duration_s': 'double',
+        'distance_km': 'double',
+        'start_lat': 'double',
+        'start_lon': 'double',
+        'start_address': 'varchar',
+        'end_lat': 'double',
+        'end_lon': 'double',
+        'end_address': 'varchar',
+        'tag': 'varchar',
+        'personal': 'boolean',
+        'last_recalc_at': 'timestamptz',
+        'task_id': 'bigint',
+        'export_sha256': 'varchar',
+        'datapoints': 'bigint',
+        'malformed_lines': 'bigint',
+        'undeclared_keys': 'varchar',
+        'landed_at': 'timestamptz',
+        'day': 'date',
+    }) }}
 ),
 
 renamed as (

@@ -1,34 +1,23 @@
 -- One row per kt1 event id, redelivered copies removed. `details` keeps the event's own
 -- fields (e.g. an idling event's dateStart/dateEnd, a refuel's volume) as JSON.
-{#- Until the drain has landed a file, read_parquet has nothing to match: read an empty set. -#}
-{%- set landed_glob = env_var('FLEET_LAKE_DIR', '../data/lake') ~ '/kt1/events/day=*/*.parquet' -%}
-{%- set has_files = true -%}
-{%- if execute -%}
-    {%- set probe = run_query("select count(*) from glob('" ~ landed_glob | replace("'", "''") ~ "')") -%}
-    {%- set has_files = probe.columns[0].values()[0] > 0 -%}
-{%- endif %}
 with source as (
-    {%- if has_files %}
-    select * from {{ source('kt1', 'events') }}
-    {%- else %}
-    select
-        cast(null as varchar) as batch_id,
-        cast(null as integer) as item_index,
-        cast(null as timestamptz) as fetched_at,
-        cast(null as timestamptz) as landed_at,
-        cast(null as varchar) as id,
-        cast(null as varchar) as owner,
-        cast(null as varchar) as origin,
-        cast(null as timestamptz) as event_date,
-        cast(null as varchar) as event_class,
-        cast(null as varchar) as event_type,
-        cast(null as varchar) as asset_id,
-        cast(null as double) as lat,
-        cast(null as double) as lon,
-        cast(null as varchar) as address,
-        cast(null as varchar) as item_json
-    where false
-    {%- endif %}
+    {{ lake_source('kt1', 'events', {
+        'batch_id': 'varchar',
+        'item_index': 'integer',
+        'fetched_at': 'timestamptz',
+        'landed_at': 'timestamptz',
+        'id': 'varchar',
+        'owner': 'varchar',
+        'origin': 'varchar',
+        'event_date': 'timestamptz',
+        'event_class': 'varchar',
+        'event_type': 'varchar',
+        'asset_id': 'varchar',
+        'lat': 'double',
+        'lon': 'double',
+        'address': 'varchar',
+        'item_json': 'varchar',
+    }) }}
 ),
 
 typed as (

@@ -1,41 +1,30 @@
 -- One row per kt1 telemetry report: copies from redelivered batches removed by the report's
 -- identity (origin.id, date). Device counters stay raw (see the YAML): they are the tracker's
 -- counters, not the vehicle's odometer.
-{#- Until the drain has landed a file, read_parquet has nothing to match: read an empty set. -#}
-{%- set landed_glob = env_var('FLEET_LAKE_DIR', '../data/lake') ~ '/kt1/telemetry/day=*/*.parquet' -%}
-{%- set has_files = true -%}
-{%- if execute -%}
-    {%- set probe = run_query("select count(*) from glob('" ~ landed_glob | replace("'", "''") ~ "')") -%}
-    {%- set has_files = probe.columns[0].values()[0] > 0 -%}
-{%- endif %}
 with source as (
-    {%- if has_files %}
-    select * from {{ source('kt1', 'telemetry') }}
-    {%- else %}
-    select
-        cast(null as varchar) as batch_id,
-        cast(null as integer) as item_index,
-        cast(null as timestamptz) as fetched_at,
-        cast(null as timestamptz) as landed_at,
-        cast(null as varchar) as origin_id,
-        cast(null as varchar) as origin_name,
-        cast(null as varchar) as asset_id,
-        cast(null as varchar) as asset_name,
-        cast(null as timestamptz) as date,
-        cast(null as timestamptz) as received,
-        cast(null as boolean) as active,
-        cast(null as double) as lat,
-        cast(null as double) as lon,
-        cast(null as double) as speed,
-        cast(null as double) as altitude,
-        cast(null as double) as heading,
-        cast(null as double) as accuracy,
-        cast(null as varchar) as address,
-        cast(null as double) as counters_odometer,
-        cast(null as double) as counters_odo_counter,
-        cast(null as double) as counters_engine_hours
-    where false
-    {%- endif %}
+    {{ lake_source('kt1', 'telemetry', {
+        'batch_id': 'varchar',
+        'item_index': 'integer',
+        'fetched_at': 'timestamptz',
+        'landed_at': 'timestamptz',
+        'origin_id': 'varchar',
+        'origin_name': 'varchar',
+        'asset_id': 'varchar',
+        'asset_name': 'varchar',
+        'date': 'timestamptz',
+        'received': 'timestamptz',
+        'active': 'boolean',
+        'lat': 'double',
+        'lon': 'double',
+        'speed': 'double',
+        'altitude': 'double',
+        'heading': 'double',
+        'accuracy': 'double',
+        'address': 'varchar',
+        'counters_odometer': 'double',
+        'counters_odo_counter': 'double',
+        'counters_engine_hours': 'double',
+    }) }}
 ),
 
 typed as (

@@ -1,40 +1,29 @@
 -- One row per kt1 trip id: redelivered copies removed, and of several versions of a trip (KT1
 -- may send a trip again as it changes) the last landed one wins.
-{#- Until the drain has landed a file, read_parquet has nothing to match: read an empty set. -#}
-{%- set landed_glob = env_var('FLEET_LAKE_DIR', '../data/lake') ~ '/kt1/trips/day=*/*.parquet' -%}
-{%- set has_files = true -%}
-{%- if execute -%}
-    {%- set probe = run_query("select count(*) from glob('" ~ landed_glob | replace("'", "''") ~ "')") -%}
-    {%- set has_files = probe.columns[0].values()[0] > 0 -%}
-{%- endif %}
 with source as (
-    {%- if has_files %}
-    select * from {{ source('kt1', 'trips') }}
-    {%- else %}
-    select
-        cast(null as varchar) as batch_id,
-        cast(null as integer) as item_index,
-        cast(null as timestamptz) as fetched_at,
-        cast(null as timestamptz) as landed_at,
-        cast(null as varchar) as id,
-        cast(null as varchar) as asset_id,
-        cast(null as varchar) as asset_name,
-        cast(null as varchar) as trip_type,
-        cast(null as timestamptz) as date_start,
-        cast(null as timestamptz) as date_end,
-        cast(null as double) as start_lat,
-        cast(null as double) as start_lon,
-        cast(null as varchar) as start_address,
-        cast(null as double) as end_lat,
-        cast(null as double) as end_lon,
-        cast(null as varchar) as end_address,
-        cast(null as double) as stats_drive_time,
-        cast(null as double) as stats_idle_time,
-        cast(null as double) as stats_distance,
-        cast(null as double) as records,
-        cast(null as double) as maxes_speed
-    where false
-    {%- endif %}
+    {{ lake_source('kt1', 'trips', {
+        'batch_id': 'varchar',
+        'item_index': 'integer',
+        'fetched_at': 'timestamptz',
+        'landed_at': 'timestamptz',
+        'id': 'varchar',
+        'asset_id': 'varchar',
+        'asset_name': 'varchar',
+        'trip_type': 'varchar',
+        'date_start': 'timestamptz',
+        'date_end': 'timestamptz',
+        'start_lat': 'double',
+        'start_lon': 'double',
+        'start_address': 'varchar',
+        'end_lat': 'double',
+        'end_lon': 'double',
+        'end_address': 'varchar',
+        'stats_drive_time': 'double',
+        'stats_idle_time': 'double',
+        'stats_distance': 'double',
+        'records': 'double',
+        'maxes_speed': 'double',
+    }) }}
 ),
 
 typed as (

@@ -1,0 +1,55 @@
+-- The same physical trip reported by several sources: one copy is primary, the others point
+-- at it. Two trips of one vehicle from different sources are the same trip when their time
+-- spans overlap by at least `trip_overlap_share` of the shorter one; the primary is the copy
+-- from the source earliest in `trip_source_priority` (richest data first).
+with trips as (
+    select
+        trips.trip_id,
+        trips.source,
+        trips.started_at,
+        coalesce(trips.ended_at, trips.started_at + to_seconds(coalesce(trips.duration_s, 0)))
+            as ended_at,
+        vehicles.vehicle_id,
+        {% for source in var('trip_source_priority') -%}
+        {% if loop.first %}case {% endif %}when trips.source = '{{ source }}' then {{ loop.index }}
+        {% if loop.last %}else {{ loop.length + 1 }} end{% endif %}
+        {%- endfor %} as source_rank
+    from {{ ref('int_trips__unioned') }} as trips
+    inner join {{ ref('int_vehicle_identities') }} as vehicles
+        on vehicles.source = trips.source
+        and vehicles.source_vehicle_id = trips.source_vehicle_id
+),
+
+overlapping as (
+    select
+        copy.trip_id,
+        primary_copy.trip_id as duplicate_of_trip_id,
+        primary_copy.source_rank,
+        primary_copy.started_at
+    from trips as copy
+    inner join trips as primary_copy
+        on primary_copy.vehicle_id = copy.vehicle_id
+        and primary_copy.source_rank < copy.source_rank
+        and primary_copy.started_at < copy.ended_at
+        and copy.started_at < primary_copy.ended_at
+    where
+        epoch(least(copy.ended_at, primary_copy.ended_at))
+        - epoch(greatest(copy.started_at, primary_copy.started_at))
+        >= {{ var('trip_overlap_share') }} * greatest(
+            least(
+                epoch(copy.ended_at) - epoch(copy.started_at),
+                epoch(primary_copy.ended_at) - epoch(primary_copy.started_at)
+            ),
+            1
+        )
+),
+
+final as (
+    select trip_id, duplicate_of_trip_id
+    from overlapping
+    qualify row_number() over (
+        partition by trip_id order by source_rank, started_at, duplicate_of_trip_id
+    ) = 1
+)
+
+select * from final
