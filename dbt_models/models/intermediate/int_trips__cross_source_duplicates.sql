@@ -10,10 +10,7 @@ with trips as (
         coalesce(trips.ended_at, trips.started_at + to_seconds(coalesce(trips.duration_s, 0)))
             as ended_at,
         vehicles.vehicle_id,
-        {% for source in var('trip_source_priority') -%}
-        {% if loop.first %}case {% endif %}when trips.source = '{{ source }}' then {{ loop.index }}
-        {% if loop.last %}else {{ loop.length + 1 }} end{% endif %}
-        {%- endfor %} as source_rank
+        {{ source_rank('trips.source') }} as source_rank
     from {{ ref('int_trips__unioned') }} as trips
     inner join {{ ref('int_vehicle_identities') }} as vehicles
         on vehicles.source = trips.source

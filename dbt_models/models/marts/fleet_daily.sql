@@ -21,19 +21,37 @@ refuel_covered as (
     where source in ({{ "'" ~ var('refuel_sources') | join("', '") ~ "'" }})
 ),
 
+-- Fuel of each counted trip: its own figure, else that of another source's copy of it (the
+-- first in var trip_source_priority that knows it), so a source without fuel leaves no gap.
+trip_fuel as (
+    select
+        coalesce(duplicate_of_trip_id, trip_id) as trip_id,
+        arg_min(
+            fuel_used_l,
+            case when duplicate_of_trip_id is null then 0 else {{ source_rank('source') }} end
+        ) filter (where fuel_used_l is not null) as fuel_used_l,
+        arg_min(
+            fuel_cost,
+            case when duplicate_of_trip_id is null then 0 else {{ source_rank('source') }} end
+        ) filter (where fuel_cost is not null) as fuel_cost
+    from trips
+    group by 1
+),
+
 per_day as (
     select
-        cast(started_at at time zone 'UTC' as date) as day,
-        vehicle_id,
+        cast(trips.started_at at time zone 'UTC' as date) as day,
+        trips.vehicle_id,
         count(*) as trips,
-        sum(distance_km) as distance_km,
-        sum(driving_s) as driving_s,
-        sum(idle_s) as idle_s,
-        sum(fuel_used_l) as fuel_used_l,
-        sum(fuel_cost) as fuel_cost
+        sum(trips.distance_km) as distance_km,
+        sum(trips.driving_s) as driving_s,
+        sum(trips.idle_s) as idle_s,
+        sum(trip_fuel.fuel_used_l) as fuel_used_l,
+        sum(trip_fuel.fuel_cost) as fuel_cost
     from trips
+    left join trip_fuel on trip_fuel.trip_id = trips.trip_id
     -- Another source's copy of a trip already counted.
-    where duplicate_of_trip_id is null
+    where trips.duplicate_of_trip_id is null
     group by 1, 2
 ),
 
