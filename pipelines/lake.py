@@ -31,7 +31,7 @@ STALE_TEMP_SECONDS = 3600.0
 """A temp file untouched this long is abandoned: a live writer keeps touching its file."""
 
 _TEMP_SUFFIX = ".tmp"
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.parquet\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.tmp$")
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -95,23 +95,35 @@ class Lake:
         unit replaces its file instead of adding a copy.
         """
         _check_no_partition_key(data)
+        stream = self.open_stream(source, table, day, name, data.schema)
+        try:
+            stream.write(data)
+            return stream.commit()
+        except BaseException:
+            # Whatever broke the write, the previous file is untouched; leave no debris.
+            stream.abort()
+            raise
+
+    def open_stream(
+        self,
+        source: str,
+        table: str,
+        day: date,
+        name: str,
+        schema: pa.Schema,
+        *,
+        use_dictionary: bool | list[str] = True,
+    ) -> ParquetStream:
+        """`write_file` for data too big to hold: write batch by batch, then `commit()`.
+
+        The file stays invisible (a swept temp file) until `commit`, which makes it durable
+        and replaces the named file at once; `abort` leaves the previous file as it was.
+        """
         directory = self.partition_dir(source, table, day)
         final = directory / f"{_component(name, 'file name')}.parquet"
         _make_dirs_durably(directory)
         _remove_stale_temps(directory)
-
-        temp = directory / f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-        try:
-            _write_parquet(data, temp)
-            _fsync_file(temp)
-            size = temp.stat().st_size
-            os.replace(temp, final)
-        except BaseException:
-            # Whatever broke the write, the previous file is untouched; leave no debris.
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(directory)
-        return WriteResult(path=final, rows=data.num_rows, bytes=size)
+        return ParquetStream(final, schema, use_dictionary)
 
     def remove_file(self, source: str, table: str, day: date, name: str) -> bool:
         """Remove one named file of a partition; False if it was not there."""
@@ -175,10 +187,52 @@ class Lake:
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def _write_parquet(data: pa.Table, path: Path) -> None:
-    """Write `data` with its schema exactly as given (tz-aware timestamps stay tz-aware)."""
-    with pq.ParquetWriter(path, data.schema, compression=COMPRESSION) as writer:
-        writer.write_table(data)
+class ParquetStream:
+    """One lake Parquet file written batch by batch, invisible until `commit`.
+
+    The schema is kept exactly as given (tz-aware timestamps stay tz-aware).
+    """
+
+    def __init__(self, final: Path, schema: pa.Schema, use_dictionary: bool | list[str]) -> None:
+        self.final = final
+        self.temp = temp_path(final)
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self.temp, schema, compression=COMPRESSION, use_dictionary=use_dictionary
+        )
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        assert self._writer is not None, "written after commit or abort"
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> WriteResult:
+        assert self._writer is not None, "committed twice"
+        self._writer.close()
+        self._writer = None
+        size = commit_temp(self.temp, self.final)
+        return WriteResult(path=self.final, rows=self.rows, bytes=size)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        self.temp.unlink(missing_ok=True)
+
+
+def temp_path(final: Path) -> Path:
+    """Where a writer stages `final`: same folder, dot-named, never matching `*.parquet`."""
+    return final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+
+
+def commit_temp(temp: Path, final: Path) -> int:
+    """Make a fully written temp file durable and put it in place at once; its size."""
+    _fsync_file(temp)
+    size = temp.stat().st_size
+    os.replace(temp, final)
+    _fsync_dir(final.parent)
+    return size
 
 
 def _split_by_day(data: pa.Table, day_column: str) -> dict[date, pa.Table]:

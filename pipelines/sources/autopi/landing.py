@@ -5,38 +5,32 @@
 D is the UTC day of the trip's start. Files are named by trip id, so re-landing a trip (a
 reopened trip's re-export, a manual re-run) replaces them and never adds a copy.
 
-`Lake.write_file` takes a whole Arrow table, but an export can hold millions of datapoints, so
-they are streamed into the same kind of temp file the lake uses (`.NAME.parquet.PID.TOKEN.tmp`,
-swept by the lake when abandoned), then fsynced, renamed and the folder fsynced — with the
-lake's own helpers, so the guarantees are the lake's.
+An export can hold millions of datapoints, so they are streamed through `Lake.open_stream`
+(invisible until committed); the quarantine file is staged and committed with the lake's
+`temp_path` / `commit_temp`, so every guarantee is the lake's.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines.lake import (
-    _TEMP_SUFFIX,
-    COMPRESSION,
     Lake,
+    ParquetStream,
     WriteResult,
     _component,
     _fsync_dir,
-    _fsync_file,
     _make_dirs_durably,
-    _remove_stale_temps,
+    commit_temp,
+    temp_path,
 )
 from pipelines.sources.autopi.export import (
     DATAPOINTS_SCHEMA,
@@ -54,54 +48,13 @@ EMPTY_DAY = date(1970, 1, 1)  # the day folder of the schema-only placeholder fi
 EMPTY_NAME = "_schema"
 
 
-class ParquetStream:
-    """A lake Parquet file written batch by batch; invisible until `commit`."""
-
-    def __init__(self, lake: Lake, table: str, day: date, name: str, schema: pa.Schema) -> None:
-        directory = lake.partition_dir(SOURCE, table, day)
-        self.final = directory / f"{_component(name, 'file name')}.parquet"
-        _make_dirs_durably(directory)
-        _remove_stale_temps(directory)
-        token = secrets.token_hex(6)
-        self.temp = directory / f".{self.final.name}.{os.getpid()}.{token}{_TEMP_SUFFIX}"
-        # Dictionary pages only where values repeat (types, units, ids); for floats and
-        # timestamps they cost CPU and Parquet falls back to plain pages anyway.
-        repeated = [f.name for f in schema if pa.types.is_string(f.type)]
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self.temp, schema, compression=COMPRESSION, use_dictionary=repeated
-        )
-        self.rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        assert self._writer is not None, "written after commit or abort"
-        self._writer.write_table(table)
-        self.rows += table.num_rows
-
-    def commit(self) -> WriteResult:
-        assert self._writer is not None, "committed twice"
-        self._writer.close()
-        self._writer = None
-        _fsync_file(self.temp)
-        size = self.temp.stat().st_size
-        os.replace(self.temp, self.final)
-        _fsync_dir(self.final.parent)
-        return WriteResult(path=self.final, rows=self.rows, bytes=size)
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-            self._writer = None
-        self.temp.unlink(missing_ok=True)
-
-
 class QuarantineFile:
     """Malformed lines of one export, one JSON object each: `{"line_no", "reason", "line"}`
     (`line_b64` instead when the bytes are not UTF-8). Created only if a line arrives."""
 
     def __init__(self, directory: Path, trip_id: str) -> None:
         self.final = directory / f"{_component(trip_id, 'trip id')}{QUARANTINE_SUFFIX}"
-        self._temp = directory / f".{self.final.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        self._temp = temp_path(self.final)
         self._fh: IO[str] | None = None
         self.lines = 0
 
@@ -126,9 +79,7 @@ class QuarantineFile:
             return None
         self._fh.close()
         self._fh = None
-        _fsync_file(self._temp)
-        os.replace(self._temp, self.final)
-        _fsync_dir(self.final.parent)
+        commit_temp(self._temp, self.final)
         return self.final
 
     def abort(self) -> None:
@@ -180,7 +131,12 @@ def land_export(
     quarantines: list[QuarantineFile] = []
 
     def open_sink(trip: ParsedTrip) -> ParquetStream:
-        stream = ParquetStream(lake, DATAPOINTS, trip.day, trip.trip_id, DATAPOINTS_SCHEMA)
+        # Dictionary pages only where values repeat (types, units, ids); for floats and
+        # timestamps they cost CPU and Parquet falls back to plain pages anyway.
+        strings = [f.name for f in DATAPOINTS_SCHEMA if pa.types.is_string(f.type)]
+        stream = lake.open_stream(
+            SOURCE, DATAPOINTS, trip.day, trip.trip_id, DATAPOINTS_SCHEMA, use_dictionary=strings
+        )
         streams.append(stream)
         return stream
 
