@@ -2,19 +2,22 @@
 
 Line 1 is the trip object, every further line one datapoint whose keys depend on its type
 (`@t`). A thread inflates the gzip into newline-aligned segments, two threads parse segments
-side by side with Arrow's JSON reader against a declared schema, and the caller's thread
-writes each typed segment as a Parquet row group, so an export is never whole in memory and
-ingest runs within a small factor of `gzip -dc` (see bench/autopi_ingest.py):
+side by side, and the caller's thread writes each typed segment as a Parquet row group, so an
+export is never whole in memory and ingest runs within a small factor of `gzip -dc` (see
+bench/autopi_ingest.py):
 
 * declared keys get typed columns under their AutoPi names (`@ts`, `obd.speed.value`, ...;
   `track.pos.loc` becomes `track.pos.loc.lat` / `track.pos.loc.lon`); numbers are float64;
 * every other key is kept in `extra`, a JSON object per row (NULL when a row has none), and
   counted as schema drift, so a key first seen late in a file, or never seen before, is never
   dropped and the file schema never depends on what a sample happened to contain;
-* a segment Arrow refuses (a malformed line, a value of the wrong type, a duplicate key) is
-  bisected down to small pieces, and only those are read line by line in Python: bad lines go
-  to a quarantine file with their line number and reason, a wrongly typed value moves to
-  `extra`, and no line ever fails the whole trip.
+* a segment is first offered to DuckDB's JSON reader (fastpath.py), whose answer is taken
+  only when counting proves it exact; otherwise Arrow's JSON reader reads it against the
+  declared schema, and a segment Arrow refuses too (a malformed line, a value of the wrong
+  type, a duplicate key) is bisected down to small pieces read line by line in Python: bad
+  lines go to a quarantine file with their line number and reason, a wrongly typed value
+  moves to `extra`, and no line ever fails the whole trip. Keys the careful paths find are
+  learned, so the following segments are fast again.
 
 The gzip stream must end with its trailer (CRC-32 and length are checked); a truncated or
 corrupt file raises `CorruptExport` before anything becomes visible.
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +38,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
+
+from pipelines.sources.autopi import fastpath
 
 try:  # ISA-L inflates 3-4x faster than zlib and checks the same CRC-32 and length
     from isal import isal_zlib as _inflate_lib
@@ -103,6 +111,19 @@ for _name, _kind in DECLARED.items():
         _READ_FIELDS.append(pa.field(_name, _kind))
 READ_SCHEMA = pa.schema(_READ_FIELDS)
 _READ_NAMES = frozenset(READ_SCHEMA.names)
+
+
+def _fast_kind(kind: pa.DataType) -> str:
+    if pa.types.is_struct(kind):
+        return "location"
+    if pa.types.is_timestamp(kind):
+        return "timestamp"
+    if pa.types.is_integer(kind):
+        return "integer"
+    return "number" if pa.types.is_floating(kind) else "string"
+
+
+_FAST_COLUMNS = [fastpath.Column(f.name, _fast_kind(f.type)) for f in READ_SCHEMA]
 
 TRIPS_SCHEMA = pa.schema(
     [
@@ -338,9 +359,33 @@ class _Reader:
     overrides learned on the way for undeclared keys Arrow would otherwise turn into
     timestamps (shared by the parallel segments; an override only makes a later read exact)."""
 
-    def __init__(self, trip_id: str) -> None:
+    def __init__(self, trip_id: str, spool: Path | None = None) -> None:
         self.trip_id = trip_id
         self.overrides: dict[str, pa.DataType] = {}
+        # Undeclared top-level keys seen so far: the fast path reads them as JSON text.
+        self.learned: dict[str, None] = {}
+        self._spool = spool  # where segments are written for DuckDB (None: no fast path)
+        self._local = threading.local()
+        self._connections: list[duckdb.DuckDBPyConnection] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+
+    def learn(self, keys: Iterator[str] | list[str]) -> None:
+        """Read these undeclared keys on the fast path from now on (if DuckDB can name them:
+        not nested in the location, not equal to another column but for case)."""
+        taken = {k.casefold() for k in itertools.chain(_READ_NAMES, self.learned)}
+        for key in keys:
+            if len(self.learned) >= fastpath.MAX_LEARNED_KEYS:
+                return
+            folded = key.casefold()
+            if key and folded not in taken and not key.startswith(f"{LOC}."):
+                self.learned[key] = None
+                taken.add(folded)
 
     def options(self, size: int) -> tuple[pj.ReadOptions, pj.ParseOptions]:
         schema = READ_SCHEMA
@@ -354,7 +399,57 @@ class _Reader:
 
     def parse(self, data: bytes, first_line: int, lines: int) -> tuple[pa.Table, _Tally]:
         tally = _Tally()
-        return self.segment(data, first_line, tally, lines), tally
+        table = self._fast(data, first_line, lines, tally)
+        if table is None:
+            table = self.segment(data, first_line, tally, lines)
+        return table, tally
+
+    # --- the fast path: DuckDB, accepted only when proven exact (see fastpath.py) ----------
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            # One thread per query: the parallelism is segments side by side.
+            connection = duckdb.connect(config={"threads": 1})
+            with self._lock:
+                self._connections.append(connection)
+            self._local.connection = connection
+        return connection
+
+    def _fast(self, data: bytes, first_line: int, lines: int, tally: _Tally) -> pa.Table | None:
+        if self._spool is None or lines <= PIECE_LINES * 2:
+            return None
+        columns = _FAST_COLUMNS + [fastpath.Column(k, "any") for k in list(self.learned)]
+        path = self._spool / f"segment-{first_line}.json"
+        path.write_bytes(data)
+        try:
+            segment = fastpath.read_segment(
+                self._connection(),
+                path,
+                data,
+                lines,
+                columns,
+                location_fields=LOC_FIELDS,
+                types=DECLARED,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+        if segment is None:
+            return None
+        n = lines
+        table = pa.Table.from_pydict(
+            {
+                "trip_id": pa.repeat(pa.scalar(self.trip_id, STR), n),
+                "line_no": pa.array(range(first_line, first_line + n), pa.int64()),
+                **{name: segment.typed[name] for name in DECLARED},
+                EXTRA: _extras_json(segment.extras, n),
+            },
+            schema=DATAPOINTS_SCHEMA,
+        )
+        undeclared = tally.stats.undeclared
+        for key, column in segment.extras:
+            undeclared[key] = undeclared.get(key, 0) + len(column) - column.null_count
+        tally.stats.datapoints += n
+        return table
 
     def segment(
         self, data: bytes, first_line: int, tally: _Tally, lines: int | None = None
@@ -416,7 +511,8 @@ class _Reader:
             else:
                 columns[name] = table.column(name)
         present = [(k, col) for k, col in extras if col.null_count < len(col)]
-        columns[EXTRA] = _extras_json(present, n)
+        columns[EXTRA] = _extras_json([(k, _json_text(col)) for k, col in present], n)
+        self.learn([k for k, _ in extras])
         undeclared = tally.stats.undeclared
         for key, col in present:
             undeclared[key] = undeclared.get(key, 0) + len(col) - col.null_count
@@ -453,6 +549,8 @@ class _Reader:
             values[EXTRA].append(_dumps(extras) if extras else None)
             for key in extras:
                 stats.undeclared[key] = stats.undeclared.get(key, 0) + 1
+            if extras:
+                self.learn(list(extras))
             stats.datapoints += 1
         return pa.Table.from_pydict(values, schema=DATAPOINTS_SCHEMA)
 
@@ -541,13 +639,13 @@ def _json_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _extras_json(extras: list[tuple[str, pa.ChunkedArray]], n: int) -> pa.ChunkedArray:
-    """One JSON object per row of the undeclared keys it has (NULL when it has none)."""
+    """One JSON object per row of the undeclared keys it has (NULL when it has none), from
+    each key's values as JSON text."""
     if not extras:
         return pa.chunked_array([pa.nulls(n, STR)])
     # Each fragment carries its own leading comma, so joining needs no separator logic.
     fragments = [
-        pc.binary_join_element_wise("," + _dumps(key) + ":", _json_text(column), "")
-        for key, column in extras
+        pc.binary_join_element_wise("," + _dumps(key) + ":", text, "") for key, text in extras
     ]
     joined = pc.binary_join_element_wise(
         *fragments, "", null_handling="replace", null_replacement=""
@@ -618,16 +716,27 @@ def read_export(
     sink = open_sink(trip)
     bad_lines = quarantine(trip)
     stats.decompressed_bytes = len(first) + len(newline)
-    _stream_datapoints(
-        _Reader(trip.trip_id),
-        itertools.chain([rest] if rest else [], chunks),
-        sink,
-        bad_lines,
-        stats,
-        segment_bytes,
-        workers,
-    )
+    with tempfile.TemporaryDirectory(prefix="fleet-autopi-", dir=_spool_root()) as spool:
+        reader = _Reader(trip.trip_id, Path(spool))
+        try:
+            _stream_datapoints(
+                reader,
+                itertools.chain([rest] if rest else [], chunks),
+                sink,
+                bad_lines,
+                stats,
+                segment_bytes,
+                workers,
+            )
+        finally:
+            reader.close()
     return trip, stats
+
+
+def _spool_root() -> str | None:
+    """Memory-backed /dev/shm when there is one: segments live there for milliseconds."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
 def _stream_datapoints(
