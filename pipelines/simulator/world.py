@@ -317,7 +317,7 @@ class World:
         return [v for v in self.vehicles if source in v.sources]
 
     def identity_rows(self) -> list[dict[str, str]]:
-        """Each vendor's identity of each vehicle, for the `vehicle_identities` dbt seed.
+        """Each vendor's identity of each vehicle, for the `vehicle_map` dbt seed.
 
         AVL `device_name`, AutoPi device id, kt1 asset id, Metrotec object id.
         """

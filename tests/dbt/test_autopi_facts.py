@@ -28,7 +28,7 @@ MODELS = [
 CONFORMED_TRIPS = [
     "trip_id", "source", "source_trip_id", "source_vehicle_id", "started_at", "ended_at",
     "duration_s", "driving_s", "idle_s", "distance_km", "max_speed_kmh", "fuel_used_l",
-    "fuel_cost", "start_lat", "start_lon", "start_address", "end_lat", "end_lon", "end_address",
+    "fuel_cost", "fuel_source", "start_lat", "start_lon", "start_address", "end_lat", "end_lon", "end_address",
 ]  # fmt: skip
 CONFORMED_IDLE = [
     "idle_period_id", "source", "source_vehicle_id", "started_at", "ended_at", "duration_s",

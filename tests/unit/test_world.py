@@ -11,7 +11,7 @@ from pathlib import Path
 from pipelines.cli import SIM_SEED, SIM_VEHICLES
 from pipelines.simulator.world import World, xy_to_latlon
 
-SEED_CSV = Path(__file__).resolve().parents[2] / "dbt_models" / "seeds" / "vehicle_identities.csv"
+SEED_CSV = Path(__file__).resolve().parents[2] / "dbt_models" / "seeds" / "vehicle_map.csv"
 
 
 def test_same_seed_gives_the_same_fleet_and_trips() -> None:

@@ -19,6 +19,8 @@ with conformed as (
 final as (
     select * from conformed
     union all select * from {{ ref('int_metrotec__fuel_events') }}
+    union all select * from {{ ref('int_kt1__fuel_events') }}
+    union all select * from {{ ref('int_autopi__fuel_events') }}
     -- sources: union all select * from ref('int_<source>__fuel_events')
 )
 

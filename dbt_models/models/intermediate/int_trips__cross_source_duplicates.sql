@@ -20,7 +20,7 @@ with trips as (
 overlapping as (
     select
         copy.trip_id,
-        primary_copy.trip_id as duplicate_of_trip_id,
+        primary_copy.trip_id as is_duplicate_of,
         primary_copy.source_rank,
         primary_copy.started_at
     from trips as copy
@@ -42,10 +42,10 @@ overlapping as (
 ),
 
 final as (
-    select trip_id, duplicate_of_trip_id
+    select trip_id, is_duplicate_of
     from overlapping
     qualify row_number() over (
-        partition by trip_id order by source_rank, started_at, duplicate_of_trip_id
+        partition by trip_id order by source_rank, started_at, is_duplicate_of
     ) = 1
 )
 

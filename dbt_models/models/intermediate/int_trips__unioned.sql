@@ -16,6 +16,8 @@ with avl as (
         max_speed_kmh,
         fuel_used_l,
         fuel_cost,
+        -- AVL's `fuel` is its own figure (0 meant "not configured" and is NULL by now).
+        case when fuel_used_l is not null then 'reported' end as fuel_source,
         start_lat,
         start_lon,
         start_address,

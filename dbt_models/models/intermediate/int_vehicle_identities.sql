@@ -10,7 +10,7 @@ with seen as (
 ),
 
 identity_map as (
-    select * from {{ ref('vehicle_identities') }}
+    select * from {{ ref('vehicle_map') }}
 ),
 
 final as (

@@ -35,7 +35,8 @@ final as (
         trips.end_lat,
         trips.end_lon,
         trips.end_address,
-        duplicates.duplicate_of_trip_id
+        duplicates.is_duplicate_of,
+        trips.fuel_source
     from trips
     left join vehicles
         on vehicles.source = trips.source

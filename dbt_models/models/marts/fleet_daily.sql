@@ -10,29 +10,37 @@ refuels as (
         count(*) as refuels,
         sum(volume_l) as refuel_l
     from {{ ref('fct_fuel_events') }}
-    where event_type = 'refuel'
+    -- Another source's copy of a refuel already counted.
+    where event_type = 'refuel' and is_duplicate_of is null
     group by 1, 2
 ),
 
--- Vehicles seen by a source that reports refuels: for them "no refuel" is 0, for others NULL.
+-- Vehicles seen by a source that reports refuels (AutoPi: when the tank size is known, as its
+-- refuels come from level jumps): for them "no refuel" is 0, for others NULL.
 refuel_covered as (
     select distinct vehicle_id
     from {{ ref('dim_vehicles') }}
     where source in ({{ "'" ~ var('refuel_sources') | join("', '") ~ "'" }})
+    union
+    select distinct vehicles.vehicle_id
+    from {{ ref('dim_vehicles') }} as vehicles
+    inner join {{ ref('autopi_vehicle_tanks') }} as tanks
+        on tanks.source_vehicle_id = vehicles.source_vehicle_id
+    where vehicles.source = 'autopi'
 ),
 
 -- Fuel of each counted trip: its own figure, else that of another source's copy of it (the
 -- first in var trip_source_priority that knows it), so a source without fuel leaves no gap.
 trip_fuel as (
     select
-        coalesce(duplicate_of_trip_id, trip_id) as trip_id,
+        coalesce(is_duplicate_of, trip_id) as trip_id,
         arg_min(
             fuel_used_l,
-            case when duplicate_of_trip_id is null then 0 else {{ source_rank('source') }} end
+            case when is_duplicate_of is null then 0 else {{ source_rank('source') }} end
         ) filter (where fuel_used_l is not null) as fuel_used_l,
         arg_min(
             fuel_cost,
-            case when duplicate_of_trip_id is null then 0 else {{ source_rank('source') }} end
+            case when is_duplicate_of is null then 0 else {{ source_rank('source') }} end
         ) filter (where fuel_cost is not null) as fuel_cost
     from trips
     group by 1
@@ -51,7 +59,7 @@ per_day as (
     from trips
     left join trip_fuel on trip_fuel.trip_id = trips.trip_id
     -- Another source's copy of a trip already counted.
-    where trips.duplicate_of_trip_id is null
+    where trips.is_duplicate_of is null
     group by 1, 2
 ),
 

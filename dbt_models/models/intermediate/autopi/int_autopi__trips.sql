@@ -93,6 +93,10 @@ final as (
                 then round((fuel.first_level_pct - fuel.last_level_pct) / 100.0 * tanks.tank_l, 3)
         end as fuel_used_l,
         cast(null as double) as fuel_cost,
+        case
+            when fuel.first_level_pct >= fuel.last_level_pct and tanks.tank_l is not null
+                then 'level_drop'
+        end as fuel_source,
         coalesce(trips.start_lat, track.first_lat) as start_lat,
         coalesce(trips.start_lon, track.first_lon) as start_lon,
         trips.start_address,

@@ -21,6 +21,7 @@ final as (
         max_speed_kmh,
         cast(null as double) as fuel_used_l,
         cast(null as double) as fuel_cost,
+        cast(null as varchar) as fuel_source,
         start_lat,
         start_lon,
         start_address,

@@ -27,6 +27,7 @@ final as (
         trips.max_speed_kmh,
         readings.fuel_used_l,
         cast(null as double) as fuel_cost,
+        case when readings.fuel_used_l is not null then 'level_drop' end as fuel_source,
         readings.start_lat,
         readings.start_lon,
         trips.start_address,
