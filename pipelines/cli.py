@@ -88,14 +88,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _materialize(defs, selection, tags: dict[str, str] | None, instance, log: Path):  # noqa: ANN001, ANN202
-    """Run quietly: Dagster's console log and dbt's output go to `log`, the screen stays calm."""
+    """Run quietly: Dagster's console log and dbt's output go to `log`, the screen stays calm.
+    The raw assets' anomaly checks run with them, as in a scheduled run."""
     from dagster import materialize
 
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as fh, contextlib.redirect_stdout(fh):
         return materialize(
-            list(defs.assets),
+            [*defs.assets, *(defs.asset_checks or [])],
             resources=defs.resources,
             selection=selection,
             tags=tags,

@@ -1,14 +1,29 @@
 """The dbt project as Dagster assets: sources map to `raw/<source>/<table>`, one lineage graph."""
 
+import json
 import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetKey, AssetSpec
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    AssetSpec,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    Config,
+    DefaultSensorStatus,
+    FreshnessPolicy,
+)
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from pipelines.sources.kt1.assets import ASSET_KEYS as KT1_KEYS
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_models"
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
@@ -41,8 +56,47 @@ def ensure_manifest(project: DbtProject = dbt_project) -> Path:
     return manifest
 
 
+FACTS_FRESHNESS = FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=30), warn_window=timedelta(hours=26)
+)
+"""Marts are rebuilt at least daily (AVL 03:15, Metrotec 03:45 UTC, kt1 and AutoPi as they
+land): 26 h without a build means a daily load was missed, 30 h that it is not coming."""
+
+BUILD_MARKER = AssetKey(["fleet_daily"])
+"""Part of every automated dbt build (this automation's, kt1_dbt_after_drain's; a build of
+Metrotec stops alone aside): while it is in progress a build holds the DuckDB file, and DuckDB
+takes one writer at a time."""
+
+AUTOMATION_SENSOR = "fleet_facts_automation"
+
+
+def facts_automation_condition() -> AutomationCondition:
+    """Build a dbt model when a parent was updated (or its SQL changed), like `eager()`, but
+    fit for this graph:
+
+    * raw parents never count as missing: daily-partitioned raw assets have days nobody pulled
+      (eager would then wait forever), and staging reads an empty lake table as no rows;
+      missing dbt parents still hold a model back, so it never builds over a half-built file;
+    * kt1 drains are ignored: `kt1_dbt_after_drain` builds after the drains that landed items
+      (every 5-minute drain materializes, most land nothing); counting them here as well
+      would build twice;
+    * nothing starts while any parent, the model, or another dbt build is in progress.
+    """
+    return (
+        (
+            AutomationCondition.any_deps_updated().ignore(AssetSelection.assets(*KT1_KEYS.values()))
+            | AutomationCondition.code_version_changed()
+        ).since_last_handled()
+        & ~AutomationCondition.any_deps_missing().ignore(AssetSelection.key_prefixes("raw"))
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+        & ~AutomationCondition.asset_matches(BUILD_MARKER, AutomationCondition.in_progress())
+    ).with_label("facts_after_raw_lands")
+
+
 class FleetDbtTranslator(DagsterDbtTranslator):
-    """dbt sources become the raw assets that land them; models are grouped by layer."""
+    """dbt sources become the raw assets that land them; models are grouped by layer, built
+    when their raw data lands, and the marts carry a freshness policy."""
 
     def get_asset_spec(
         self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
@@ -57,13 +111,48 @@ class FleetDbtTranslator(DagsterDbtTranslator):
             (part for part in props.get("fqn", []) if part in {"staging", "intermediate", "marts"}),
             "seeds" if props["resource_type"] == "seed" else "dbt",
         )
-        return spec.replace_attributes(group_name=f"dbt_{layer}")
+        spec = spec.replace_attributes(group_name=f"dbt_{layer}")
+        if layer == "marts":
+            spec = spec.replace_attributes(freshness_policy=FACTS_FRESHNESS)
+        return spec
+
+    def get_automation_condition(
+        self, dbt_resource_props: Mapping[str, Any]
+    ) -> AutomationCondition | None:
+        if dbt_resource_props["resource_type"] == "source":
+            return None  # sources are the raw assets; their own schedules and sensors land them
+        return facts_automation_condition()
 
 
 def dbt_env(lake_dir: Path, duckdb_path: Path) -> dict[str, str]:
     """dbt runs in its project dir: hand it absolute paths so relative settings still work."""
     duckdb_path.parent.mkdir(parents=True, exist_ok=True)
     return {"FLEET_LAKE_DIR": str(lake_dir), "FLEET_DUCKDB_PATH": str(duckdb_path)}
+
+
+class FactsBuildConfig(Config):
+    """Run config of a facts build. By default a build rebuilds what new raw data touched (the
+    AutoPi datapoint models are incremental per trip); these rebuild more, e.g. after a dbt
+    var such as `autopi_idle_min_s` changed."""
+
+    from_day: str | None = None  # YYYY-MM-DD: rebuild trips of UTC days from here ...
+    to_day: str | None = None  # ... to here (default: from_day)
+    full_refresh: bool = False  # rebuild every incremental model from scratch
+
+
+def dbt_build_args(config: FactsBuildConfig) -> list[str]:
+    """`dbt build` arguments for a run config; raises ValueError on a malformed day."""
+    args = ["build"]
+    if config.full_refresh:
+        args.append("--full-refresh")
+    if config.from_day or config.to_day:
+        first = date.fromisoformat(config.from_day or config.to_day or "")
+        last = date.fromisoformat(config.to_day or config.from_day or "")
+        if last < first:
+            raise ValueError(f"to_day {last} is before from_day {first}")
+        window = {"fleet_from_day": first.isoformat(), "fleet_to_day": last.isoformat()}
+        args += ["--vars", json.dumps(window)]
+    return args
 
 
 def build_dbt_assets(lake_dir: Path, duckdb_path: Path) -> Any:
@@ -75,8 +164,26 @@ def build_dbt_assets(lake_dir: Path, duckdb_path: Path) -> Any:
         dagster_dbt_translator=FleetDbtTranslator(),
         name="fleet_dbt_models",
     )
-    def fleet_dbt_models(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
+    def fleet_dbt_models(
+        context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig
+    ) -> Iterator[Any]:
         os.environ.update(dbt_env(lake_dir, duckdb_path))
-        yield from dbt.cli(["build"], context=context).stream()
+        yield from dbt.cli(dbt_build_args(config), context=context).stream()
 
     return fleet_dbt_models
+
+
+def build_facts_automation_sensor(
+    dbt_models: AssetsDefinition,
+) -> AutomationConditionSensorDefinition:
+    """The sensor that evaluates the dbt models' conditions (on by default: it only acts on
+    new raw data, and the demo and tests run in process without it)."""
+    return AutomationConditionSensorDefinition(
+        AUTOMATION_SENSOR,
+        target=AssetSelection.assets(dbt_models),
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "Builds the dbt models after raw AVL, AutoPi or Metrotec data lands (kt1: the "
+            "kt1_dbt_after_drain sensor), one build at a time."
+        ),
+    )

@@ -4,7 +4,8 @@ import os
 
 from dagster import DailyPartitionsDefinition, Definitions, EnvVar
 
-from pipelines.dbt import build_dbt_assets, dbt_resource
+from pipelines.checks import build_raw_checks
+from pipelines.dbt import build_dbt_assets, build_facts_automation_sensor, dbt_resource
 from pipelines.resources import LakeResource
 from pipelines.settings import FleetSettings, get_settings, load_env_file
 from pipelines.sources.autopi.assets import build_autopi_defs
@@ -58,13 +59,16 @@ def daily_partitions(settings: FleetSettings) -> DailyPartitionsDefinition:
 def build_defs(settings: FleetSettings | None = None) -> Definitions:
     settings = settings or get_settings()
     partitions = daily_partitions(settings)
+    dbt_models = build_dbt_assets(settings.lake_dir, settings.duckdb_path)
     return Definitions.merge(
         build_avl_defs(partitions),
         build_autopi_defs(),
         build_kt1_defs(),
         build_metrotec_defs(partitions),
         Definitions(
-            assets=[build_dbt_assets(settings.lake_dir, settings.duckdb_path)],
+            assets=[dbt_models],
+            asset_checks=build_raw_checks(),
+            sensors=[build_facts_automation_sensor(dbt_models)],
             resources=build_resources(settings),
         ),
     )
