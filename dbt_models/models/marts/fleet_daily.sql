@@ -63,14 +63,22 @@ per_day as (
     group by 1, 2
 ),
 
+-- Every vehicle-day with a trip or a refuel: a refuel on a day without trips still counts.
+days as (
+    select day, vehicle_id from per_day
+    union
+    select day, vehicle_id from refuels
+),
+
 final as (
     select
-        per_day.day,
-        per_day.vehicle_id,
-        per_day.trips,
-        round(per_day.distance_km, 3) as distance_km,
-        per_day.driving_s,
-        per_day.idle_s,
+        days.day,
+        days.vehicle_id,
+        -- No trip that day: 0 trips, km and seconds; fuel and cost stay unknown (NULL).
+        coalesce(per_day.trips, 0) as trips,
+        coalesce(round(per_day.distance_km, 3), 0) as distance_km,
+        coalesce(per_day.driving_s, 0) as driving_s,
+        coalesce(per_day.idle_s, 0) as idle_s,
         case
             when per_day.driving_s + per_day.idle_s > 0
                 then round(per_day.idle_s / (per_day.driving_s + per_day.idle_s), 4)
@@ -86,11 +94,13 @@ final as (
             when refuel_covered.vehicle_id is not null then coalesce(refuels.refuel_l, 0)
         end as refuel_l,
         round(per_day.fuel_cost, 2) as fuel_cost
-    from per_day
+    from days
+    left join per_day
+        on per_day.day = days.day and per_day.vehicle_id = days.vehicle_id
     left join refuels
-        on refuels.day = per_day.day and refuels.vehicle_id = per_day.vehicle_id
+        on refuels.day = days.day and refuels.vehicle_id = days.vehicle_id
     left join refuel_covered
-        on refuel_covered.vehicle_id = per_day.vehicle_id
+        on refuel_covered.vehicle_id = days.vehicle_id
 )
 
 select * from final

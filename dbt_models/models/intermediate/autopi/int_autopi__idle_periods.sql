@@ -2,18 +2,15 @@
 -- consecutive idle intervals (engine on, speed 0) lasting at least var autopi_idle_min_s
 -- (default 60 s). A period starts at its first speed-0 reading and ends at the next reading
 -- that is not idle (or the trip's end), so its length is exact to one sampling interval.
+-- A table over the (incremental) speed intervals: no datapoint is read here.
+{{ config(materialized='table') }}
+
 with intervals as (
     select * from {{ ref('int_autopi__speed_intervals') }}
 ),
 
 trips as (
     select autopi_trip_id, source_trip_id, source_vehicle_id from {{ ref('stg_autopi__trips') }}
-),
-
-positions as (
-    select source_trip_id, recorded_at, lat, lon
-    from {{ ref('stg_autopi__datapoints') }}
-    where lat is not null and lon is not null
 ),
 
 runs as (
@@ -31,7 +28,10 @@ periods as (
         source_trip_id,
         run_no,
         min(started_at) as started_at,
-        max(ended_at) as ended_at
+        max(ended_at) as ended_at,
+        -- the last GPS fix at or before the period's start
+        arg_min(lat, started_at) as lat,
+        arg_min(lon, started_at) as lon
     from runs
     where state = 'idle'
     group by 1, 2
@@ -52,15 +52,12 @@ final as (
         long_enough.started_at,
         long_enough.ended_at,
         long_enough.duration_s,
-        positions.lat,
-        positions.lon,
+        long_enough.lat,
+        long_enough.lon,
         cast(null as varchar) as address,
         trips.autopi_trip_id as trip_id
     from long_enough
     inner join trips on trips.source_trip_id = long_enough.source_trip_id
-    asof left join positions
-        on positions.source_trip_id = long_enough.source_trip_id
-        and long_enough.started_at >= positions.recorded_at
 )
 
 select * from final

@@ -2,13 +2,37 @@
 -- (engine on, speed 0) or engine off. OBD speed is used where the dongle logged it, GPS
 -- speed over ground for trips without any. The engine counts as on when the latest rpm
 -- reading is above 0, else by the latest engine event; a trip with neither is engine-on,
--- as AutoPi trips run from engine on to engine off.
+-- as AutoPi trips run from engine on to engine off. Each interval carries the last GPS fix
+-- at or before its start. Incremental per trip (macros/incremental_trips.sql): a daily run
+-- reads only the day folders of trips landed since the last build.
+{{ config(
+    materialized='incremental',
+    unique_key='source_trip_id',
+    incremental_strategy='delete+insert',
+    on_schema_change='append_new_columns',
+) }}
+
+{%- set days = autopi_days_to_build() %}
+
 with trips as (
-    select source_trip_id, started_at, ended_at from {{ ref('stg_autopi__trips') }}
+    select source_trip_id, started_at, ended_at, landed_at as trip_landed_at
+    from {{ ref('stg_autopi__trips') }} as trips
+    {%- if is_incremental() %}
+    where {{ days_filter(days) }} and {{ autopi_trip_unbuilt('trips') }}
+    {%- endif %}
 ),
 
 points as (
-    select * from {{ ref('stg_autopi__datapoints') }}
+    select *
+    from {{ ref('stg_autopi__datapoints') }}
+    where {{ days_filter(days) }}
+        and source_trip_id in (select source_trip_id from trips)
+),
+
+positions as (
+    select source_trip_id, recorded_at, lat, lon
+    from points
+    where lat is not null and lon is not null
 ),
 
 obd_trips as (
@@ -43,7 +67,9 @@ readings as (
         speeds.recorded_at,
         speeds.speed_kmh,
         speeds.speed_source,
-        coalesce(rpms.rpm > 0, engine_events.engine_running, true) as engine_on
+        coalesce(rpms.rpm > 0, engine_events.engine_running, true) as engine_on,
+        positions.lat,
+        positions.lon
     from speeds
     asof left join rpms
         on rpms.source_trip_id = speeds.source_trip_id
@@ -51,6 +77,9 @@ readings as (
     asof left join engine_events
         on engine_events.source_trip_id = speeds.source_trip_id
         and speeds.recorded_at >= engine_events.recorded_at
+    asof left join positions
+        on positions.source_trip_id = speeds.source_trip_id
+        and speeds.recorded_at >= positions.recorded_at
 ),
 
 intervals as (
@@ -74,6 +103,9 @@ intervals as (
         ) as ended_at,
         readings.speed_kmh,
         readings.speed_source,
+        readings.lat,
+        readings.lon,
+        trips.trip_landed_at,
         case
             when not readings.engine_on then 'engine_off'
             when readings.speed_kmh > 0 then 'moving'
@@ -92,7 +124,10 @@ final as (
         epoch(ended_at) - epoch(started_at) as duration_s,
         speed_kmh,
         speed_source,
-        state
+        state,
+        lat,
+        lon,
+        trip_landed_at
     from intervals
 )
 

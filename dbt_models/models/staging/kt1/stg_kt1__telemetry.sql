@@ -24,6 +24,7 @@ with source as (
         'counters_odometer': 'double',
         'counters_odo_counter': 'double',
         'counters_engine_hours': 'double',
+        'day': 'date',
     }) }}
 ),
 
@@ -49,7 +50,8 @@ typed as (
         batch_id,
         item_index,
         cast(fetched_at as timestamptz) as fetched_at,
-        cast(landed_at as timestamptz) as landed_at
+        cast(landed_at as timestamptz) as landed_at,
+        cast(day as date) as day
     from source
 ),
 
