@@ -128,28 +128,14 @@ def test_dim_vehicles_knows_each_kt1_asset_as_its_fleet_vehicle(built, kt1_world
     assert set(rows) == expected
 
 
-def idle_runs_as_reported(world: World, vehicle) -> set[tuple[datetime, datetime]]:
-    """The world's own samples at the report interval, read by the documented rule: a run of
-    stopped samples (engine on, speed 0) ends at the next sample if the trip goes on, else at
-    its last sample (engine off); runs under 60 s are not idle periods.
-    """
-    runs = set()
-    for trip in world.trips(vehicle_indexes=[vehicle.index]):
-        samples = list(world.samples(trip, REPORT_INTERVAL_S))
-        first = None
-        for n, sample in enumerate(samples):
-            stopped = sample.speed_kmh == 0
-            if stopped and first is None:
-                first = sample.ts
-            if first is not None and (not stopped or n == len(samples) - 1):
-                # Either the sample it moved off at, or the trip's last (engine-off) sample.
-                if (sample.ts - first).total_seconds() >= 60:
-                    runs.add((first, sample.ts))
-                first = None
-    return runs
+def _ms(ts: datetime) -> datetime:
+    """kt1 writes dates with milliseconds (simulator.kt1.iso)."""
+    return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
 
 
-def test_idle_periods_are_the_standstills_the_telemetry_shows(built, kt1_world) -> None:
+def test_idle_periods_are_the_idling_events_kt1_measured(built, kt1_world) -> None:
+    """kt1 reports each idle span of at least 60 s as an idling event: the periods are those
+    spans exactly (to kt1's millisecond), each inside the trip it is linked to."""
     periods = built.execute(
         """
         select v.source_vehicle_id, p.started_at, p.ended_at, p.duration_s, t.source_trip_id,
@@ -167,7 +153,12 @@ def test_idle_periods_are_the_standstills_the_telemetry_shows(built, kt1_world) 
         by_asset[asset].add((started.astimezone(UTC), ended.astimezone(UTC)))
     assert sum(len(found) for found in by_asset.values()) == len(periods) > 10
     for vehicle in kt1_world.vehicles_of("kt1"):
-        assert by_asset[vehicle.kt1_asset_id] == idle_runs_as_reported(kt1_world, vehicle)
+        spans = {
+            (_ms(s.started_at), _ms(s.ended_at))
+            for t in kt1_world.trips(vehicle_indexes=[vehicle.index])
+            for s in t.idle_spans(60.0)
+        }
+        assert by_asset[vehicle.kt1_asset_id] == spans
 
 
 def test_idle_periods_are_real_idling_and_miss_no_long_standstill(built, kt1_world) -> None:
@@ -193,7 +184,7 @@ def test_idle_periods_are_real_idling_and_miss_no_long_standstill(built, kt1_wor
             if v == vehicle.kt1_asset_id
         ]
         for started, _ in mine:
-            assert any(s.started_at <= started < s.ended_at for s in spans), started
+            assert any(_ms(s.started_at) <= started < s.ended_at for s in spans), started
         for span in (s for s in spans if s.duration_s >= 120):
             assert any(
                 a - slack <= span.started_at and span.ended_at <= b + slack for a, b in mine

@@ -8,10 +8,10 @@ import math
 from datetime import date
 from pathlib import Path
 
-from pipelines.cli import SIM_SEED, SIM_VEHICLES
+from pipelines.cli import SEED_VEHICLES, SIM_SEED
 from pipelines.simulator.world import World, xy_to_latlon
 
-SEED_CSV = Path(__file__).resolve().parents[2] / "dbt_models" / "seeds" / "vehicle_map.csv"
+SEEDS = Path(__file__).resolve().parents[2] / "dbt_models" / "seeds"
 
 
 def test_same_seed_gives_the_same_fleet_and_trips() -> None:
@@ -68,7 +68,14 @@ def test_positions_stay_in_and_around_the_city() -> None:
     assert xy_to_latlon(0, 0) == (59.437, 24.754)
 
 
-def test_shipped_identity_seed_maps_the_demo_world() -> None:
-    with SEED_CSV.open() as fh:
-        shipped = list(csv.DictReader(fh))
-    assert shipped == World(seed=SIM_SEED, vehicles=SIM_VEHICLES).identity_rows()
+def test_shipped_seeds_map_the_simulated_fleet() -> None:
+    """Identities and AutoPi tank sizes of the first SEED_VEHICLES vehicles: a simulated fleet
+    of any size up to that has one vehicle_id per truck, so nothing is counted twice."""
+    world = World(seed=SIM_SEED, vehicles=SEED_VEHICLES)
+    with (SEEDS / "vehicle_map.csv").open() as fh:
+        assert list(csv.DictReader(fh)) == world.identity_rows()
+    with (SEEDS / "autopi_vehicle_tanks.csv").open() as fh:
+        tanks = {r["source_vehicle_id"]: float(r["tank_l"]) for r in csv.DictReader(fh)}
+    assert tanks == {v.autopi_device_id: v.tank_l for v in world.vehicles if "autopi" in v.sources}
+    small = World(seed=SIM_SEED, vehicles=12).identity_rows()
+    assert all(row in world.identity_rows() for row in small)  # a vehicle's ids do not depend on fleet size

@@ -1,11 +1,41 @@
--- Idle periods derived from kt1 telemetry: consecutive reports with the engine on (`active`)
--- and speed 0, lasting at least 60 s. A period starts at its first idle report and ends at the
--- next report if that one is active (the vehicle moved off), else at its last idle report (the
--- engine stopped). A silence of over 5 minutes also ends it at the last idle report, so a
--- device that stops reporting does not stretch a period. Resolution is the report interval.
+-- kt1 idle periods (engine on, standing still, at least 60 s), from the best evidence kt1 gives:
+--
+-- * an asset whose stream carries idling events (eventClass `idle`, eventType `idling`, with
+--   details.dateStart / dateEnd) has exactly those periods: the tracker measured them;
+-- * otherwise they are derived from telemetry: runs of consecutive reports with the engine on
+--   (`active`) and speed 0. A run's true start lies between the last moving report and its
+--   first idle report, its end between its last idle report and the next report, so each end
+--   is put at the midpoint (the unbiased guess at the report interval's resolution). A silence
+--   of over 5 minutes ends a run at the report itself, so a device that stops reporting does
+--   not stretch a period.
+-- A table: downstream models and tests read it many times.
+{{ config(materialized='table') }}
+
 {%- set min_idle_s = 60 %}
 {%- set max_gap_s = 300 %}
-with telemetry as (
+
+with events as (
+    select
+        source_vehicle_id as asset_id,
+        source_event_id,
+        try_cast(json_extract_string(details, '$.dateStart') as timestamptz) as started_at,
+        try_cast(json_extract_string(details, '$.dateEnd') as timestamptz) as ended_at,
+        lat,
+        lon,
+        address
+    from {{ ref('stg_kt1__events') }}
+    where event_class = 'idle' and event_type = 'idling'
+),
+
+measured as (
+    select * from events where started_at is not null and ended_at > started_at
+),
+
+event_assets as (
+    select distinct asset_id from measured
+),
+
+telemetry as (
     select
         asset_id,
         recorded_at,
@@ -15,14 +45,15 @@ with telemetry as (
         lon,
         address
     from {{ ref('stg_kt1__telemetry') }}
+    anti join event_assets using (asset_id)
 ),
 
 flagged as (
     select
         *,
         coalesce(is_active and speed_kmh = 0, false) as is_idle,
-        lead(recorded_at) over by_time as next_recorded_at,
-        lead(is_active) over by_time as next_is_active
+        lag(recorded_at) over by_time as prev_recorded_at,
+        lead(recorded_at) over by_time as next_recorded_at
     from telemetry
     window by_time as (partition by asset_id order by recorded_at)
 ),
@@ -37,13 +68,13 @@ islands as (
     from flagged
 ),
 
-periods as (
+runs as (
     select
         asset_id,
-        min(recorded_at) as started_at,
+        min(recorded_at) as first_idle_at,
         max(recorded_at) as last_idle_at,
+        arg_min(prev_recorded_at, recorded_at) as prev_recorded_at,
         arg_max(next_recorded_at, recorded_at) as next_recorded_at,
-        arg_max(next_is_active, recorded_at) as next_is_active,
         arg_min(lat, recorded_at) as lat,
         arg_min(lon, recorded_at) as lon,
         arg_min(address, recorded_at) as address
@@ -52,16 +83,29 @@ periods as (
     group by asset_id, island
 ),
 
-bounded as (
+derived as (
     select
-        *,
+        asset_id,
         case
-            when next_is_active
-                and date_diff('second', last_idle_at, next_recorded_at) <= {{ max_gap_s }}
-                then next_recorded_at
+            when date_diff('second', prev_recorded_at, first_idle_at) <= {{ max_gap_s }}
+                then prev_recorded_at + (first_idle_at - prev_recorded_at) / 2
+            else first_idle_at
+        end as started_at,
+        case
+            when date_diff('second', last_idle_at, next_recorded_at) <= {{ max_gap_s }}
+                then last_idle_at + (next_recorded_at - last_idle_at) / 2
             else last_idle_at
-        end as ended_at
-    from periods
+        end as ended_at,
+        lat,
+        lon,
+        address
+    from runs
+),
+
+periods as (
+    select asset_id, started_at, ended_at, lat, lon, address from measured
+    union all
+    select asset_id, started_at, ended_at, lat, lon, address from derived
 ),
 
 trips as (
@@ -70,25 +114,27 @@ trips as (
 
 final as (
     select
-        md5('kt1|' || bounded.asset_id || '|' || cast(epoch_us(bounded.started_at) as varchar))
+        md5('kt1|' || periods.asset_id || '|' || cast(epoch_us(periods.started_at) as varchar))
             as idle_period_id,
         'kt1' as source,
-        bounded.asset_id as source_vehicle_id,
-        bounded.started_at,
-        bounded.ended_at,
-        cast(date_diff('millisecond', bounded.started_at, bounded.ended_at) / 1000.0 as double)
+        periods.asset_id as source_vehicle_id,
+        periods.started_at,
+        periods.ended_at,
+        cast(date_diff('millisecond', periods.started_at, periods.ended_at) / 1000.0 as double)
             as duration_s,
-        bounded.lat,
-        bounded.lon,
-        bounded.address,
+        periods.lat,
+        periods.lon,
+        periods.address,
         trips.trip_id
-    from bounded
+    from periods
     left join trips
-        on trips.source_vehicle_id = bounded.asset_id
-        and bounded.started_at >= trips.started_at
-        and bounded.started_at <= coalesce(trips.ended_at, bounded.started_at)
-    where date_diff('millisecond', bounded.started_at, bounded.ended_at) >= {{ min_idle_s }} * 1000
-    qualify row_number() over (partition by bounded.asset_id, bounded.started_at order by trips.started_at desc) = 1
+        on trips.source_vehicle_id = periods.asset_id
+        and periods.started_at >= trips.started_at
+        and periods.started_at <= coalesce(trips.ended_at, periods.started_at)
+    where date_diff('millisecond', periods.started_at, periods.ended_at) >= {{ min_idle_s }} * 1000
+    qualify row_number() over (
+        partition by periods.asset_id, periods.started_at order by trips.started_at desc
+    ) = 1
 )
 
 select * from final

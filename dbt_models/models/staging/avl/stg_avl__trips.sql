@@ -37,8 +37,19 @@ typed as (
         trip_end_lat as end_lat,
         trip_end_lon as end_lon,
         kms as distance_km,
-        duration_min * 60 as duration_s,
-        idle_min * 60 as idle_s,
+        -- The start and end are to the second; the API's duration_min is rounded to minutes.
+        coalesce(
+            epoch(cast(trip_end as timestamptz)) - epoch(cast(trip_start as timestamptz)),
+            duration_min * 60
+        ) as duration_s,
+        -- idle_min is all the API gives (whole minutes); never more than the trip itself.
+        least(
+            idle_min * 60,
+            coalesce(
+                epoch(cast(trip_end as timestamptz)) - epoch(cast(trip_start as timestamptz)),
+                duration_min * 60
+            )
+        ) as idle_s,
         max_speed as max_speed_kmh,
         -- The API reports 0 when no consumption rate or price is configured: unknown, not zero.
         nullif(fuel, 0) as fuel_used_l,
