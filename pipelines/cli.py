@@ -236,10 +236,11 @@ def _print_fleet_summary(duckdb_path: Path, first: date, last: date) -> None:
             select f.vehicle_id, coalesce(any_value(v.display_name), f.vehicle_id),
                    sum(trips), sum(distance_km), sum(driving_s) / 3600, sum(idle_s) / 3600,
                    sum(idle_s) / nullif(sum(driving_s) + sum(idle_s), 0), sum(fuel_used_l),
-                   sum(refuels), sum(refuel_l)
+                   sum(refuels), sum(refuel_l), any_value(v.sources)
             from fleet_daily f
             left join (
-                select vehicle_id, min(display_name) as display_name
+                select vehicle_id, min(display_name) as display_name,
+                       string_agg(distinct source, ' ' order by source) as sources
                 from dim_vehicles group by vehicle_id
             ) v using (vehicle_id)
             where day between ? and ?
@@ -253,15 +254,17 @@ def _print_fleet_summary(duckdb_path: Path, first: date, last: date) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         title=f"Fleet summary {first}..{last}",
-        caption="from fleet_daily; a trip several sources report is counted once; "
+        caption="from fleet_daily; a trip or refuel several sources report is counted once; "
         "ref l = litres refuelled",
     )
     table.add_column("vehicle", min_width=17)
+    table.add_column("sources")
     for col in ("trips", "km", "idle h", "idle%", "fuel l", "refuels", "ref l"):
         table.add_column(col, justify="right", min_width=len(col))
-    for vid, name, trips, km, _driving_h, idle_h, share, fuel, refuels, refuel_l in rows:
+    for vid, name, trips, km, _driving_h, idle_h, share, fuel, refuels, refuel_l, sources in rows:
         table.add_row(
             f"{vid} {name}",
+            sources or "-",
             f"{trips}",
             f"{km:,.0f}",
             f"{idle_h:.1f}",
