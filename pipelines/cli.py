@@ -240,7 +240,9 @@ def _print_fleet_summary(duckdb_path: Path, first: date, last: date) -> None:
             from fleet_daily f
             left join (
                 select vehicle_id, min(display_name) as display_name,
-                       string_agg(distinct source, ' ' order by source) as sources
+                       string_agg(distinct case source
+                           when 'autopi' then 'P' when 'avl' then 'V' when 'kt1' then 'K'
+                           when 'metrotec' then 'M' else source end, '') as sources
                 from dim_vehicles group by vehicle_id
             ) v using (vehicle_id)
             where day between ? and ?
@@ -255,11 +257,11 @@ def _print_fleet_summary(duckdb_path: Path, first: date, last: date) -> None:
         pad_edge=False,
         title=f"Fleet summary {first}..{last}",
         caption="from fleet_daily; a trip or refuel several sources report is counted once; "
-        "ref l = litres refuelled",
+        "src: P AutoPi, V AVL, K kt1, M Metrotec; refs, ref l = refuels and litres",
     )
     table.add_column("vehicle", min_width=17)
-    table.add_column("sources")
-    for col in ("trips", "km", "idle h", "idle%", "fuel l", "refuels", "ref l"):
+    table.add_column("src")
+    for col in ("trips", "km", "idle h", "idle%", "fuel l", "refs", "ref l"):
         table.add_column(col, justify="right", min_width=len(col))
     for vid, name, trips, km, _driving_h, idle_h, share, fuel, refuels, refuel_l, sources in rows:
         table.add_row(
