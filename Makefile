@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/autopi_ingest.py
 	$(BIN)/python bench/kt1_drain.py
 	$(BIN)/python bench/metrotec_backfill.py
+	$(BIN)/python bench/facts_build.py
 
 clean:
 	rm -rf $(VENV) data dbt_models/target dbt_models/logs

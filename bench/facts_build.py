@@ -1,0 +1,469 @@
+"""dbt build of the fleet facts: full build vs the daily one-day update, against a scan floor.
+
+For each size, a deterministic world (seed 7) is landed into a fresh Parquet lake through the
+sources' own clients and writers (see _facts_world.py; in a child process, so its gigabytes
+are gone before dbt runs), then:
+
+* full build: `dbt build` of every model, seed and test into a fresh DuckDB file;
+* one-day update: one more day lands for every source, as the daily schedules land it (AVL
+  and Metrotec re-pull the last two days, kt1 drains, AutoPi lands the new exports), into a
+  hard-linked copy of the lake, and the same `dbt build` runs again on that DuckDB file;
+* floor: DuckDB's time for one plain COUNT(*) over every raw table of the lake.
+
+dbt runs as the `fleet_dbt_models` asset runs it (DbtCliResource, `build`, a fresh target path
+per invocation, FLEET_LAKE_DIR/FLEET_DUCKDB_PATH from `pipelines.dbt.dbt_env`), in a copy of
+dbt_models/ whose seeds map this world's vehicles (the shipped seeds cover 200 vehicles of the
+simulator's fleet), so the bench never touches dbt_models/target while other builds run. A build is
+stopped after --build-limit minutes. Goal (the issue): update <= 10% of the full build.
+
+    .venv/bin/python bench/facts_build.py [--sizes small|90x50|365x200[,...]] [--keep DIR]
+        [--build-limit MINUTES]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psutil
+from _facts_world import FleetSpec, Landing, Sampling, in_child, land_lakes
+
+from pipelines.dbt import DBT_PROJECT_DIR, dbt_env, dbt_executable
+from pipelines.simulator.world import World
+
+SEED = 7
+UPDATE_DAY = date(2026, 3, 31)  # the day the update lands; the full build covers the days before
+GOAL = 0.10
+PROJECT_COPY_IGNORE = shutil.ignore_patterns("target", "logs", "dbt_packages", ".user.yml")
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    days: int
+    vehicles: int
+    sampling: Sampling
+
+
+SIZES = {
+    s.name: s
+    for s in (
+        Size("small", 7, 5, Sampling(autopi_s=30.0, kt1_s=60.0)),
+        Size("90x50", 90, 50, Sampling(autopi_s=10.0, kt1_s=30.0)),
+        Size("365x200", 365, 200, Sampling(autopi_s=120.0, kt1_s=300.0)),
+    )
+}
+
+
+@dataclass
+class TableSize:
+    rows: int
+    files: int
+    bytes: int
+
+
+@dataclass
+class BuildRun:
+    """One `dbt build`: wall time, peak memory, and what dbt's run_results.json says about it
+    (nothing when dbt did not finish: killed at the time limit or by the kernel)."""
+
+    wall_s: float
+    peak_rss: int  # bytes, of the dbt process (DuckDB runs inside it)
+    returncode: int
+    log: Path
+    dbt_s: float | None = None  # run_results elapsed_time: execution after parsing
+    node_s: dict[str, float] = field(default_factory=dict)  # summed per node kind
+    problems: dict[str, int] = field(default_factory=dict)  # non-passing statuses, counted
+    slowest: list[tuple[str, float]] = field(default_factory=list)
+    nodes: str = ""  # what the project builds, from the invocation's manifest
+    timed_out: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.dbt_s is not None
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and self.returncode == 0
+
+    @property
+    def overhead_s(self) -> float | None:
+        """dbt's start-up and parse (a fresh target path per run: no partial parse)."""
+        return None if self.dbt_s is None else self.wall_s - self.dbt_s
+
+    def status(self) -> str:
+        if self.timed_out:
+            return f"STOPPED at the {self.wall_s / 60:.0f}-minute limit"
+        if not self.finished:
+            return f"dbt DIED (exit {self.returncode}; -9 is a SIGKILL, e.g. the OOM killer)"
+        if self.ok:
+            return "ok"
+        return "FAILED: " + ", ".join(f"{n} {s}" for s, n in self.problems.items())
+
+
+# --- the lake ------------------------------------------------------------------------------
+
+
+def lake_tables(root: Path) -> list[str]:
+    """`<source>/<table>` of every raw table holding at least one file."""
+    return sorted(
+        f"{t.parent.name}/{t.name}"
+        for t in root.glob("*/*")
+        if t.is_dir() and any(t.glob("day=*/*.parquet"))
+    )
+
+
+def scan_floor(root: Path) -> tuple[float, dict[str, int]]:
+    """One plain COUNT(*) over every raw table (one statement); its seconds and rows per table."""
+    parts = [
+        f"select '{table}' as raw_table, count(*) as n "
+        f"from read_parquet('{root / table}/day=*/*.parquet')"
+        for table in lake_tables(root)
+    ]
+    con = duckdb.connect()
+    started = time.perf_counter()
+    rows = con.execute(" union all ".join(parts)).fetchall()
+    seconds = time.perf_counter() - started
+    con.close()
+    return seconds, {table: n for table, n in rows}
+
+
+def lake_sizes(root: Path, rows: dict[str, int]) -> dict[str, TableSize]:
+    out = {}
+    for table in lake_tables(root):
+        files = list((root / table).glob("day=*/*.parquet"))
+        out[table] = TableSize(rows[table], len(files), sum(f.stat().st_size for f in files))
+    return out
+
+
+# --- dbt -----------------------------------------------------------------------------------
+
+
+def project_copy(world: World, target: Path) -> Path:
+    """dbt_models/ as it is now, with seeds that map this world's vehicles."""
+    shutil.copytree(DBT_PROJECT_DIR, target, ignore=PROJECT_COPY_IGNORE)
+    identities = world.identity_rows()
+    with (target / "seeds" / "vehicle_map.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["source", "source_vehicle_id", "vehicle_id", "display_name"])
+        writer.writeheader()
+        writer.writerows(identities)
+    with (target / "seeds" / "autopi_vehicle_tanks.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["source_vehicle_id", "tank_l"])
+        writer.writerows((v.autopi_device_id, f"{v.tank_l:g}") for v in world.vehicles_of("autopi"))
+    return target
+
+
+def dbt_cli(project_dir: Path) -> Any:
+    from dagster_dbt import DbtCliResource, DbtProject
+
+    project = DbtProject(project_dir=project_dir, profiles_dir=project_dir)
+    return DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
+
+
+class Watch(threading.Thread):
+    """Samples the dbt process tree's memory; terminates it past `limit_s` (a shared machine)."""
+
+    def __init__(self, process: Any, limit_s: float) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(process.pid)
+        self.limit_s = limit_s
+        self.peak_rss = 0
+        self.timed_out = False
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.done.wait(0.5):
+            try:
+                tree = [self.process, *self.process.children(recursive=True)]
+                self.peak_rss = max(self.peak_rss, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                continue  # a process of the tree just ended
+            if time.monotonic() - started > self.limit_s:
+                self.timed_out = True
+                for proc in reversed(tree):
+                    with contextlib.suppress(psutil.Error):
+                        proc.terminate()
+                return
+
+
+def dbt_build(cli: Any, log: Path, limit_s: float) -> BuildRun:
+    """`dbt build` as the asset invokes it (no selection, a fresh target path); dbt's own log
+    lines, which dagster-dbt re-emits on stdout, go to `log`."""
+    started = time.perf_counter()
+    with log.open("w") as sink, contextlib.redirect_stdout(sink):
+        invocation = cli.cli(["build"], raise_on_error=False)
+        watch = Watch(invocation.process, limit_s)
+        watch.start()
+        try:
+            invocation.wait()
+        finally:
+            watch.done.set()
+            watch.join()
+    run = BuildRun(
+        wall_s=time.perf_counter() - started,
+        peak_rss=watch.peak_rss,
+        returncode=invocation.process.returncode,
+        log=log,
+        timed_out=watch.timed_out,
+    )
+    if not (invocation.target_path / "run_results.json").exists():
+        return run
+    results = invocation.get_artifact("run_results.json")
+    models = []
+    for node in results["results"]:
+        kind = node["unique_id"].split(".")[0]
+        run.node_s[kind] = run.node_s.get(kind, 0.0) + node["execution_time"]
+        if node["status"] not in ("success", "pass"):
+            run.problems[node["status"]] = run.problems.get(node["status"], 0) + 1
+        if kind == "model":
+            models.append((node["unique_id"].split(".")[-1], node["execution_time"]))
+    run.slowest = sorted(models, key=lambda m: -m[1])[:3]
+    run.dbt_s = results["elapsed_time"]
+    run.nodes = describe_nodes(invocation.get_artifact("manifest.json"))
+    return run
+
+
+def describe_nodes(manifest: dict[str, Any]) -> str:
+    """`36 models (27 view, 7 table, 2 incremental), 180 data tests, ...` of the project."""
+    kinds: dict[str, int] = {}
+    materialized: dict[str, int] = {}
+    for node in [*manifest["nodes"].values(), *manifest.get("unit_tests", {}).values()]:
+        kind = node["resource_type"]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind == "model":
+            how = node["config"]["materialized"]
+            materialized[how] = materialized.get(how, 0) + 1
+    how = ", ".join(f"{n} {m}" for m, n in sorted(materialized.items(), key=lambda i: -i[1]))
+    names = {"model": "models", "test": "data tests", "unit_test": "unit tests", "seed": "seeds"}
+    parts = [f"{kinds.get(k, 0)} {name}" for k, name in names.items()]
+    return f"{parts[0]} ({how}), {', '.join(parts[1:])}"
+
+
+# --- one size ------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    size: Size
+    lake: dict[str, TableSize]
+    floor_s: float
+    full: BuildRun
+    update: BuildRun | None  # None when the full build did not finish
+
+
+def run_size(size: Size, root: Path, limit_s: float) -> Outcome:
+    """Land (or reuse) the lakes, then time the floor, the full build and the update build."""
+    spec = FleetSpec(SEED, size.vehicles, size.days, UPDATE_DAY, size.sampling)
+    world = spec.world()  # vehicles only: the landing child generates the trips
+    first, last = world.day_range()[0], world.day_range()[-2]
+    print(
+        f"\n== {size.name}: {size.days} days x {size.vehicles} vehicles ({first}..{last}, then "
+        f"{UPDATE_DAY}), seed {SEED}; lake in {root}",
+        flush=True,
+    )
+    print(
+        f"   sampling: AutoPi datapoints every {size.sampling.autopi_s:g}s, kt1 telemetry "
+        f"every {size.sampling.kt1_s:g}s while driving (simulator defaults 5s / 30s); "
+        "Metrotec fuel levels at each device's 60-300s",
+        flush=True,
+    )
+    initial, updated, duckdb_path = root / "lake", root / "lake-update", root / "fleet.duckdb"
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root / "dbt", ignore_errors=True)
+    project = project_copy(world, root / "dbt")
+    os.environ.update(dbt_env(initial, duckdb_path))
+    with (root / "dbt-parse.log").open("w") as log:
+        # Warm-up beside the landing (imports, OS caches), as a deploy parses: not timed.
+        warm_up = subprocess.Popen(
+            [dbt_executable(), "parse", "--project-dir", project, "--profiles-dir", project],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        )
+    landing: Landing = in_child(land_lakes, spec, initial, updated)
+    report_landing(landing)
+    if warm_up.wait() != 0:
+        raise RuntimeError(f"dbt parse failed; see {root / 'dbt-parse.log'}")
+    floor_s, rows = scan_floor(initial)
+    sizes = lake_sizes(initial, rows)
+
+    cli = dbt_cli(project)
+    for stale in (duckdb_path, duckdb_path.with_name(duckdb_path.name + ".wal")):
+        stale.unlink(missing_ok=True)
+    full = dbt_build(cli, root / "dbt-full.log", limit_s)
+    if full.nodes:
+        print(f"   dbt project: {full.nodes}", flush=True)
+    report_build("full build", full)
+    if not full.finished:
+        print("   one-day update: not run (the full build did not finish)", flush=True)
+        return Outcome(size, sizes, floor_s, full, None)
+    os.environ.update(dbt_env(updated, duckdb_path))
+    update = dbt_build(cli, root / "dbt-update.log", limit_s)
+    report_build("one-day update", update)
+    return Outcome(size, sizes, floor_s, full, update)
+
+
+def report_landing(landing: Landing) -> None:
+    def shares(seconds: dict[str, float]) -> str:
+        return ", ".join(f"{s} {v:.0f}s" for s, v in sorted(seconds.items()))
+
+    initial = (
+        f"initial lake in {landing.initial_s:.0f}s on 2 processes ({shares(landing.initial)})"
+        if landing.initial
+        else "initial lake reused from an earlier run of this size (--keep)"
+    )
+    print(
+        f"   landed ({landing.trips} trips, world in {landing.world_s:.0f}s): {initial}; "
+        f"update day into a hard-linked copy in {landing.update_s:.0f}s "
+        f"({shares(landing.update)}); not part of any figure",
+        flush=True,
+    )
+
+
+def report_build(name: str, run: BuildRun) -> None:
+    slowest = ", ".join(f"{m} {s:.1f}s" for m, s in run.slowest)
+    print(
+        f"   {name}: {run.wall_s:.1f}s, {run.status()}, dbt peak RSS "
+        f"{run.peak_rss / 2**30:.1f} GiB" + (f"; slowest models: {slowest}" if slowest else ""),
+        flush=True,
+    )
+    if not run.ok:
+        print(f"   (dbt's log: {run.log})", flush=True)
+
+
+# --- printing ------------------------------------------------------------------------------
+
+
+def _s(value: float | None, width: int, digits: int = 1) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
+def verdict(o: Outcome) -> tuple[float | None, str]:
+    """update/full on wall time, and whether the goal is met."""
+    if o.update is None or not (o.full.finished and o.update.finished):
+        return None, "unknown"
+    ratio = o.update.wall_s / o.full.wall_s
+    return ratio, "met" if ratio <= GOAL else "NOT met"
+
+
+def print_outcome(o: Outcome) -> None:
+    print(f"\n{o.size.name}: raw lake (as the full build read it)")
+    header = f"   {'source/table':24} {'rows':>12} {'files':>8} {'MB':>9}"
+    print(header)
+    print("   " + "-" * (len(header) - 3))
+    for table, t in o.lake.items():
+        print(f"   {table:24} {t.rows:12,} {t.files:8,} {t.bytes / 1e6:9.1f}")
+    total = TableSize(
+        sum(t.rows for t in o.lake.values()),
+        sum(t.files for t in o.lake.values()),
+        sum(t.bytes for t in o.lake.values()),
+    )
+    print(f"   {'total':24} {total.rows:12,} {total.files:8,} {total.bytes / 1e6:9.1f}")
+    print(f"\n{o.size.name}: timings")
+    header = (
+        f"   {'':34} {'wall s':>8} {'start+parse':>11} {'dbt s':>8} {'models s':>9} "
+        f"{'tests s':>8} {'seeds s':>8} {'peak GiB':>8} {'x floor':>8}"
+    )
+    print(header)
+    print("   " + "-" * (len(header) - 3))
+    for name, run in (("full build (fresh DuckDB)", o.full), ("one-day update", o.update)):
+        if run is None:
+            print(f"   {name:34} {'not run':>8}")
+            continue
+        tests = run.node_s.get("test", 0.0) + run.node_s.get("unit_test", 0.0)
+        finished = run.finished
+        print(
+            f"   {name:34} {run.wall_s:8.1f} {_s(run.overhead_s, 11)} {_s(run.dbt_s, 8)} "
+            f"{_s(run.node_s.get('model') if finished else None, 9)} "
+            f"{_s(tests if finished else None, 8)} "
+            f"{_s(run.node_s.get('seed') if finished else None, 8)} "
+            f"{run.peak_rss / 2**30:8.1f} {run.wall_s / o.floor_s:8.1f}"
+            + ("" if run.ok else f"  ({run.status()})")
+        )
+    print(f"   {'floor: COUNT(*) over the raw lake':34} {o.floor_s:8.2f}")
+    ratio, met = verdict(o)
+    if ratio is None:
+        print(f"   update / full: unknown (a build did not finish); goal <= {GOAL:.2f}: unknown")
+    else:
+        assert o.update is not None and o.update.dbt_s and o.full.dbt_s
+        print(
+            f"   update / full = {ratio:.2f} (dbt-reported {o.update.dbt_s / o.full.dbt_s:.2f}); "
+            f"goal <= {GOAL:.2f}: {met}. full / floor = {o.full.wall_s / o.floor_s:.0f}x"
+        )
+    print(
+        "   (wall: the dbt invocation from start to exit, as the schedule pays it; dbt s: "
+        "run_results elapsed_time; start+parse: the difference; models/tests/seeds: node "
+        "times summed over dbt's 2 threads; peak: RSS of the dbt process, DuckDB included)"
+    )
+
+
+def print_summary(outcomes: list[Outcome]) -> None:
+    header = (
+        f"{'size':9} {'lake rows':>12} {'files':>8} {'MB':>8} {'full s':>8} {'update s':>9} "
+        f"{'upd/full':>8} {'goal':>7} {'floor s':>8} {'full/floor':>10}"
+    )
+    print("\n" + header)
+    print("-" * len(header))
+    for o in outcomes:
+        ratio, met = verdict(o)
+        print(
+            f"{o.size.name:9} {sum(t.rows for t in o.lake.values()):12,} "
+            f"{sum(t.files for t in o.lake.values()):8,} "
+            f"{sum(t.bytes for t in o.lake.values()) / 1e6:8.1f} {o.full.wall_s:8.1f} "
+            f"{_s(o.update.wall_s if o.update else None, 9)} {_s(ratio, 8, 2)} {met:>7} "
+            f"{o.floor_s:8.2f} {o.full.wall_s / o.floor_s:10.0f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        default="90x50,365x200",
+        help=f"comma-separated, of {', '.join(SIZES)} (small: a quick smoke)",
+    )
+    parser.add_argument(
+        "--keep",
+        help="directory to keep each size's lakes, DuckDB and dbt copy in; an initial lake "
+        "landed there for the same size is reused",
+    )
+    parser.add_argument(
+        "--build-limit",
+        type=float,
+        default=60.0,
+        help="minutes after which a dbt build is stopped (the machine is shared)",
+    )
+    args = parser.parse_args()
+    names = [n.strip() for n in args.sizes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SIZES]
+    if unknown:
+        parser.error(f"unknown size(s) {unknown}; choose from {', '.join(SIZES)}")
+    started = time.perf_counter()
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="facts-bench-") as tmp:
+        base = Path(args.keep).resolve() if args.keep else Path(tmp)
+        for name in names:
+            outcome = run_size(SIZES[name], base / name, args.build_limit * 60)
+            print_outcome(outcome)
+            outcomes.append(outcome)
+    if len(outcomes) > 1:
+        print_summary(outcomes)
+    print(f"\nbench wall time {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
