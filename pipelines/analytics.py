@@ -550,40 +550,24 @@ def build_reference_db(data_dir: Path) -> Path:
     The steps of `fleet demo` (its selections, quiet runs and scaled limits) on fixed dates, a
     fixed simulated clock and an ephemeral Dagster instance, so every build gives the same marts.
     """
-    from dagster import AssetKey, AssetSelection
+    from dagster import AssetSelection
 
-    from pipelines.cli import _failure_lines, _materialize
+    from pipelines.cli import _failure_lines, _materialize, demo_steps
     from pipelines.simulator.serve import start_all
     from pipelines.simulator.world import World
-    from pipelines.sources.kt1 import assets as kt1_assets
-    from pipelines.sources.metrotec import assets as metrotec_assets
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     world = World(
         seed=REFERENCE_SEED, vehicles=REFERENCE_VEHICLES, end_day=REFERENCE_END, days=REFERENCE_DAYS
     )
-    day_range = {
-        "dagster/asset_partition_range_start": world.start_day.isoformat(),
-        "dagster/asset_partition_range_end": world.end_day.isoformat(),
-    }
-    steps: list[tuple[str, Any, dict[str, str] | None]] = [
-        ("avl-trips", [AssetKey(["raw", "avl", "trips"])], day_range),
-        (
-            "metrotec",
-            [metrotec_assets.VEHICLES_KEY, *metrotec_assets.TABLE_KEYS.values()],
-            day_range,
-        ),
-        ("kt1-stream", list(kt1_assets.ASSET_KEYS.values()), None),
-        (
-            "autopi-exports",
-            [AssetKey(["raw", "autopi", "trips"]), AssetKey(["raw", "autopi", "datapoints"])],
-            None,
-        ),
-        # The models only: their data tests are the dbt test suite's job, and skipping them
-        # halves the build (the Dagster asset checks stay unselected, so dbt runs no tests).
-        ("dbt-build", AssetSelection.from_string("kind:dbt").without_checks(), None),
-    ]
+    # The models only: their data tests are the dbt test suite's job, and skipping them halves
+    # the build (the Dagster asset checks stay unselected, so dbt runs no tests).
+    steps = demo_steps(
+        world.start_day,
+        world.end_day,
+        dbt_selection=AssetSelection.from_string("kind:dbt").without_checks(),
+    )
     duckdb_path = data_dir / "fleet.duckdb"
     # A short long-poll so the kt1 drain ends promptly once the queue is empty, as in the demo.
     with start_all(world, clock=lambda: REFERENCE_NOW, kt1_long_poll_s=1.0) as sims:
@@ -600,12 +584,12 @@ def build_reference_db(data_dir: Path) -> Path:
             from pipelines.definitions import build_defs
 
             defs = build_defs()
-            for name, selection, tags in steps:
-                log = data_dir / "logs" / f"{name}.log"
-                result = _materialize(defs, selection, tags, None, log)
+            for step in steps:
+                log = data_dir / "logs" / f"{step.name}.log"
+                result = _materialize(defs, step.selection, step.tags, None, log)
                 if not result.success:
                     raise RuntimeError(
-                        f"reference world: step {name} failed (log: {log}): "
+                        f"reference world: step {step.name} failed (log: {log}): "
                         + "; ".join(_failure_lines(result))
                     )
     return duckdb_path

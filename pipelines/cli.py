@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from rich import box
 from rich.console import Console
@@ -121,7 +122,7 @@ def _failure_lines(result) -> list[str]:  # noqa: ANN001
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dagster import AssetKey, DagsterInstance
+    from dagster import DagsterInstance
 
     from pipelines.settings import get_settings
     from pipelines.simulator.serve import start_all
@@ -152,41 +153,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ["METROTEC_RATE_LIMIT"] = "20/1"
         os.environ["KT1_DRAIN_SECONDS"] = "60"  # the drain stops as soon as the queue is empty
         from pipelines.definitions import build_defs
-        from pipelines.sources.autopi import assets as autopi_assets
-        from pipelines.sources.kt1 import assets as kt1_assets
-        from pipelines.sources.metrotec import assets as metrotec_assets
 
         defs = build_defs()
         instance = DagsterInstance.get()
-        day_range = {
-            "dagster/asset_partition_range_start": first.isoformat(),
-            "dagster/asset_partition_range_end": last.isoformat(),
-        }
-        steps = [
-            ("avl-trips", "AVL trips", [AssetKey(["raw", "avl", "trips"])], day_range, _summary_of),
-            (
-                "metrotec",
-                "Metrotec vehicles, route log, stops, refuels, fuel levels",
-                [metrotec_assets.VEHICLES_KEY, *metrotec_assets.TABLE_KEYS.values()],
-                day_range,
-                metrotec_assets.run_summary,
-            ),
-            (
-                "kt1-stream",
-                "kt1 export stream (drain until empty)",
-                list(kt1_assets.ASSET_KEYS.values()),
-                None,
-                kt1_assets.summarize_drain,
-            ),
-            (
-                "autopi-exports",
-                "AutoPi trip exports (land, then clear upstream)",
-                [AssetKey(["raw", "autopi", "trips"]), AssetKey(["raw", "autopi", "datapoints"])],
-                None,
-                autopi_assets.summary_line,
-            ),
-            ("dbt-build", "dbt build (staging, facts, marts)", "kind:dbt", None, lambda r: ""),
-        ]
+        steps = demo_steps(first, last)
         for name, label, selection, tags, summarize in steps:
             t0 = time.monotonic()
             log = data_dir / "logs" / f"demo-{name}.log"
@@ -209,6 +179,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "(then http://127.0.0.1:3000)"
     )
     return 0
+
+
+class DemoStep(NamedTuple):
+    """One run of `fleet demo`: what it materializes, with which tags, and its status line."""
+
+    name: str
+    label: str
+    selection: Any
+    tags: dict[str, str] | None
+    summarize: Callable[[Any], str]
+
+
+def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list[DemoStep]:
+    """Every source for the days first..last, then dbt: the demo's order (shared with the
+    analytics doc's reference build, which selects the dbt models without their tests)."""
+    from dagster import AssetKey
+
+    from pipelines.sources.autopi import assets as autopi_assets
+    from pipelines.sources.kt1 import assets as kt1_assets
+    from pipelines.sources.metrotec import assets as metrotec_assets
+
+    day_range = {
+        "dagster/asset_partition_range_start": first.isoformat(),
+        "dagster/asset_partition_range_end": last.isoformat(),
+    }
+    return [
+        DemoStep(
+            "avl-trips", "AVL trips", [AssetKey(["raw", "avl", "trips"])], day_range, _summary_of
+        ),
+        DemoStep(
+            "metrotec",
+            "Metrotec vehicles, route log, stops, refuels, fuel levels",
+            [metrotec_assets.VEHICLES_KEY, *metrotec_assets.TABLE_KEYS.values()],
+            day_range,
+            metrotec_assets.run_summary,
+        ),
+        DemoStep(
+            "kt1-stream",
+            "kt1 export stream (drain until empty)",
+            list(kt1_assets.ASSET_KEYS.values()),
+            None,
+            kt1_assets.summarize_drain,
+        ),
+        DemoStep(
+            "autopi-exports",
+            "AutoPi trip exports (land, then clear upstream)",
+            [AssetKey(["raw", "autopi", "trips"]), AssetKey(["raw", "autopi", "datapoints"])],
+            None,
+            autopi_assets.summary_line,
+        ),
+        DemoStep(
+            "dbt-build", "dbt build (staging, facts, marts)", dbt_selection, None, lambda r: ""
+        ),
+    ]
 
 
 def _summary_of(result) -> str:  # noqa: ANN001
