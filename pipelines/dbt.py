@@ -1,5 +1,6 @@
 """The dbt project as Dagster assets: sources map to `raw/<source>/<table>`, one lineage graph."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -42,17 +43,22 @@ def dbt_resource() -> DbtCliResource:
 def ensure_manifest(project: DbtProject = dbt_project) -> Path:
     """Parse the project when its manifest is missing or older than any project file.
 
-    `dagster dev` does this through `prepare_if_dev`; tests, the demo and CI come here.
+    `dagster dev` does this through `prepare_if_dev`; tests, the demo and CI come here. An OS
+    lock makes processes starting together (test workers, the demo) parse once and never read
+    a manifest another is still writing.
     """
     manifest = project.manifest_path
-    sources = [
-        p
-        for p in DBT_PROJECT_DIR.rglob("*")
-        if p.suffix in {".sql", ".yml", ".csv"} and "target" not in p.parts
-    ]
-    newest = max((p.stat().st_mtime for p in sources), default=0.0)
-    if not manifest.exists() or manifest.stat().st_mtime < newest:
-        dbt_resource().cli(["parse", "--quiet"], target_path=project.target_path).wait()
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with (manifest.parent / ".parse.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sources = [
+            p
+            for p in DBT_PROJECT_DIR.rglob("*")
+            if p.suffix in {".sql", ".yml", ".csv"} and "target" not in p.parts
+        ]
+        newest = max((p.stat().st_mtime for p in sources), default=0.0)
+        if not manifest.exists() or manifest.stat().st_mtime < newest:
+            dbt_resource().cli(["parse", "--quiet"], target_path=project.target_path).wait()
     return manifest
 
 
