@@ -4,14 +4,19 @@ For each size, a deterministic world (seed 7) is landed into a fresh Parquet lak
 sources' own clients and writers (see _facts_world.py; in a child process, so its gigabytes
 are gone before dbt runs), then:
 
-* full build: `dbt build` of every model, seed and test into a fresh DuckDB file;
+* full build: `dbt build` of every model, seed and data test into a fresh DuckDB file;
 * one-day update: one more day lands for every source, as the daily schedules land it (AVL
   and Metrotec re-pull the last two days, kt1 drains, AutoPi lands the new exports), into a
-  hard-linked copy of the lake, and the same `dbt build` runs again on that DuckDB file;
+  hard-linked copy of the lake (unchanged files keep their times), and the same `dbt build`
+  runs again on that DuckDB file;
+* build with nothing new: the same `dbt build` once more, no lake change: what any build costs
+  (dbt's start-up, parse, and its per-node work over every model and test);
 * floor: DuckDB's time for one plain COUNT(*) over every raw table of the lake.
 
-dbt runs as the `fleet_dbt_models` asset runs it (DbtCliResource, `build`, a fresh target path
-per invocation, FLEET_LAKE_DIR/FLEET_DUCKDB_PATH from `pipelines.dbt.dbt_env`), in a copy of
+dbt runs as the `fleet_dbt_models` asset runs it (DbtCliResource, `build` with the asset's
+default run config, a fresh target path per invocation seeded with the parse of the warm-up,
+FLEET_LAKE_DIR/FLEET_DUCKDB_PATH from `pipelines.dbt.dbt_env`, the lake path a symlink that
+moves to the updated lake), in a copy of
 dbt_models/ whose seeds map this world's vehicles (the shipped seeds cover 200 vehicles of the
 simulator's fleet), so the bench never touches dbt_models/target while other builds run. A build is
 stopped after --build-limit minutes. Goal (the issue): update <= 10% of the full build.
@@ -40,7 +45,13 @@ import duckdb
 import psutil
 from _facts_world import FleetSpec, Landing, Sampling, in_child, land_lakes
 
-from pipelines.dbt import DBT_PROJECT_DIR, dbt_env, dbt_executable
+from pipelines.dbt import (
+    DBT_PROJECT_DIR,
+    FactsBuildConfig,
+    dbt_build_args,
+    dbt_env,
+    dbt_executable,
+)
 from pipelines.simulator.world import World
 
 SEED = 7
@@ -100,7 +111,7 @@ class BuildRun:
 
     @property
     def overhead_s(self) -> float | None:
-        """dbt's start-up and parse (a fresh target path per run: no partial parse)."""
+        """dbt's start-up, (partial) parse and artifact writing: wall time outside the nodes."""
         return None if self.dbt_s is None else self.wall_s - self.dbt_s
 
     def status(self) -> str:
@@ -166,6 +177,14 @@ def project_copy(world: World, target: Path) -> Path:
     return target
 
 
+def point(link: Path, target: Path) -> None:
+    """Make `link` a symlink to `target`, replacing it atomically."""
+    staged = link.with_name(link.name + ".new")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(target.resolve(), target_is_directory=True)
+    staged.replace(link)
+
+
 def dbt_cli(project_dir: Path) -> Any:
     from dagster_dbt import DbtCliResource, DbtProject
 
@@ -201,11 +220,11 @@ class Watch(threading.Thread):
 
 
 def dbt_build(cli: Any, log: Path, limit_s: float) -> BuildRun:
-    """`dbt build` as the asset invokes it (no selection, a fresh target path); dbt's own log
-    lines, which dagster-dbt re-emits on stdout, go to `log`."""
+    """`dbt build` as the asset invokes it (its default run config, no selection, a fresh
+    target path); dbt's own log lines, which dagster-dbt re-emits on stdout, go to `log`."""
     started = time.perf_counter()
     with log.open("w") as sink, contextlib.redirect_stdout(sink):
-        invocation = cli.cli(["build"], raise_on_error=False)
+        invocation = cli.cli(dbt_build_args(FactsBuildConfig()), raise_on_error=False)
         watch = Watch(invocation.process, limit_s)
         watch.start()
         try:
@@ -263,6 +282,7 @@ class Outcome:
     floor_s: float
     full: BuildRun
     update: BuildRun | None  # None when the full build did not finish
+    unchanged: BuildRun | None = None  # the same build again with nothing new: dbt's fixed cost
 
 
 def run_size(size: Size, root: Path, limit_s: float) -> Outcome:
@@ -285,7 +305,11 @@ def run_size(size: Size, root: Path, limit_s: float) -> Outcome:
     root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(root / "dbt", ignore_errors=True)
     project = project_copy(world, root / "dbt")
-    os.environ.update(dbt_env(initial, duckdb_path))
+    # dbt sees one lake path throughout, as a deployment does (a changed FLEET_LAKE_DIR would
+    # also make dbt re-parse the sources): a symlink, moved to the updated lake between builds.
+    current = root / "lake-current"
+    point(current, initial)
+    os.environ.update(dbt_env(current, duckdb_path))
     with (root / "dbt-parse.log").open("w") as log:
         # Warm-up beside the landing (imports, OS caches), as a deploy parses: not timed.
         warm_up = subprocess.Popen(
@@ -311,10 +335,13 @@ def run_size(size: Size, root: Path, limit_s: float) -> Outcome:
     if not full.finished:
         print("   one-day update: not run (the full build did not finish)", flush=True)
         return Outcome(size, sizes, floor_s, full, None)
-    os.environ.update(dbt_env(updated, duckdb_path))
+    point(current, updated)
     update = dbt_build(cli, root / "dbt-update.log", limit_s)
     report_build("one-day update", update)
-    return Outcome(size, sizes, floor_s, full, update)
+    unchanged = dbt_build(cli, root / "dbt-unchanged.log", limit_s) if update.ok else None
+    if unchanged is not None:
+        report_build("build with nothing new", unchanged)
+    return Outcome(size, sizes, floor_s, full, update, unchanged)
 
 
 def report_landing(landing: Landing) -> None:
@@ -380,7 +407,11 @@ def print_outcome(o: Outcome) -> None:
     )
     print(header)
     print("   " + "-" * (len(header) - 3))
-    for name, run in (("full build (fresh DuckDB)", o.full), ("one-day update", o.update)):
+    for name, run in (
+        ("full build (fresh DuckDB)", o.full),
+        ("one-day update", o.update),
+        ("build with nothing new", o.unchanged),
+    ):
         if run is None:
             print(f"   {name:34} {'not run':>8}")
             continue

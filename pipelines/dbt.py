@@ -144,11 +144,16 @@ class FactsBuildConfig(Config):
     from_day: str | None = None  # YYYY-MM-DD: rebuild trips of UTC days from here ...
     to_day: str | None = None  # ... to here (default: from_day)
     full_refresh: bool = False  # rebuild every incremental model from scratch
+    # dbt unit tests check the models' SQL, which only a code change can break: `make test`
+    # and CI run them, and dbt advises against them in production; set this to run them too.
+    unit_tests: bool = False
 
 
 def dbt_build_args(config: FactsBuildConfig) -> list[str]:
     """`dbt build` arguments for a run config; raises ValueError on a malformed day."""
     args = ["build"]
+    if not config.unit_tests:
+        args += ["--exclude-resource-type", "unit_test"]
     if config.full_refresh:
         args.append("--full-refresh")
     if config.from_day or config.to_day:

@@ -63,7 +63,7 @@ def built(tmp_path_factory, sims):
         )
         assert landing.success
         facts = materialize(list(defs.assets), resources=defs.resources, selection="kind:dbt")
-        assert facts.success  # every dbt data test and unit test included
+        assert facts.success  # every dbt data test included
     con = duckdb.connect(str(tmp / "fleet.duckdb"), read_only=True)
     yield con
     con.close()

@@ -1,4 +1,7 @@
 -- One row per kt1 asset (vehicle) seen in telemetry or trips, with the name it last had.
+-- A view over two staging tables: it picks each asset's newest name across days.
+{{ config(materialized='view') }}
+
 with named as (
     select asset_id, asset_name, recorded_at as seen_at from {{ ref('stg_kt1__telemetry') }}
     union all

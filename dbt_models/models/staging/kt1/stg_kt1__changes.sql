@@ -10,6 +10,7 @@ with source as (
         'date': 'timestamptz',
         'doc_id': 'varchar',
         'doc_type': 'varchar',
+        'day': 'date',
     }) }}
 ),
 
@@ -22,7 +23,8 @@ typed as (
         batch_id,
         item_index,
         cast(fetched_at as timestamptz) as fetched_at,
-        cast(landed_at as timestamptz) as landed_at
+        cast(landed_at as timestamptz) as landed_at,
+        cast(day as date) as day
     from source
 ),
 

@@ -17,6 +17,7 @@ with source as (
         'lon': 'double',
         'address': 'varchar',
         'item_json': 'varchar',
+        'day': 'date',
     }) }}
 ),
 
@@ -36,7 +37,8 @@ typed as (
         batch_id,
         item_index,
         cast(fetched_at as timestamptz) as fetched_at,
-        cast(landed_at as timestamptz) as landed_at
+        cast(landed_at as timestamptz) as landed_at,
+        cast(day as date) as day
     from source
 ),
 

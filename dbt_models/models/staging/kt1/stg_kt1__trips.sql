@@ -23,6 +23,7 @@ with source as (
         'stats_distance': 'double',
         'records': 'double',
         'maxes_speed': 'double',
+        'day': 'date',
     }) }}
 ),
 
@@ -48,7 +49,8 @@ typed as (
         batch_id,
         item_index,
         cast(fetched_at as timestamptz) as fetched_at,
-        cast(landed_at as timestamptz) as landed_at
+        cast(landed_at as timestamptz) as landed_at,
+        cast(day as date) as day
     from source
 ),
 

@@ -1,5 +1,8 @@
 -- One row per Metrotec vehicle ever listed: its newest snapshot row (vehicles that left the
 -- account keep their last row, so their history still resolves to a vehicle).
+-- A view: it picks each vehicle's newest snapshot across days, and the lake table is small.
+{{ config(materialized='view') }}
+
 with source as (
     {{ lake_source('metrotec', 'vehicles', {
         'id': 'varchar',

@@ -1,0 +1,161 @@
+{#- Staging tables incremental by lake day: a build re-reads only the day folders that changed.
+
+    Each run starts by listing the lake once (fleet_build.lake_days: per raw table and UTC day,
+    a fingerprint of the files' names, sizes and modification times). Each staging table keeps
+    a ledger (fleet_build.lake_built) of the fingerprints it was built from, so it rebuilds a
+    day when the day's files differ from what it last read: new, replaced or removed files,
+    whatever order or day they land in, by our assets or by hand. Nothing relies on the run's
+    arguments or on Dagster partitions, so a late kt1 item or a re-exported AutoPi trip of an
+    old day is never skipped.
+
+    * A day whose newest file is under 2 s older than the listing is "racy" (a same-second
+      rewrite of the same size would look unchanged): it gets no fingerprint, so the next run
+      reads it again.
+    * A model whose SQL changed since its ledger was written rebuilds every day (its columns
+      follow through on_schema_change), as does `dbt build --full-refresh`.
+    * The vars fleet_from_day / fleet_to_day (YYYY-MM-DD) rebuild a window on top.
+    * The ledger is written after the model's rows (post-hook): a failed build leaves it as it
+      was, so the next run retries the same days. -#}
+
+{% macro lake_dir() -%}
+    {{ return(env_var('FLEET_LAKE_DIR', '../data/lake')) }}
+{%- endmacro %}
+
+{#- on-run-start: the ledger tables and this run's listing of the lake. -#}
+{% macro lake_snapshot() %}
+    {%- set pattern = (lake_dir() ~ '/*/*/day=*/*.parquet') | replace("'", "''") -%}
+    create schema if not exists fleet_build;
+    create table if not exists fleet_build.lake_built (
+        model varchar,
+        model_checksum varchar,
+        lake_table varchar,
+        day date,
+        fingerprint varchar,
+        built_at timestamptz
+    );
+    create or replace table fleet_build.lake_days as
+    with files as (
+        select
+            size,
+            last_modified,
+            regexp_extract(
+                filename,
+                '([^/]+/[^/]+)/day=([0-9]{4}-[0-9]{2}-[0-9]{2})/([^/]+)$',
+                ['lake_table', 'day', 'name']
+            ) as parts
+        from read_blob('{{ pattern }}')
+    )
+    select
+        parts.lake_table,
+        cast(parts.day as date) as day,
+        count(*) as files,
+        sum(size) as bytes,
+        case
+            when max(last_modified) >= now() - interval 2 second then null
+            else md5(string_agg(
+                parts.name || ':' || size || ':' || epoch(last_modified), ','
+                order by parts.name
+            ))
+        end as fingerprint
+    from files
+    group by all
+{%- endmacro %}
+
+{#- `<source>/<table>` of a staging model named stg_<source>__<table>. -#}
+{% macro lake_table_of(model_name) %}
+    {%- set parts = model_name[4:].split('__') -%}
+    {%- if not model_name.startswith('stg_') or parts | length != 2 -%}
+        {{ exceptions.raise_compiler_error(
+            "lake-day staging model " ~ model_name ~ " must be named stg_<source>__<table>") }}
+    {%- endif -%}
+    {{ return(parts[0] ~ '/' ~ parts[1]) }}
+{% endmacro %}
+
+{% macro model_checksum() %}
+    {{ return((model.get('checksum') or {}).get('checksum', '')) }}
+{% endmacro %}
+
+{#- True when the current model is a lake-day incremental table being updated in place. -#}
+{% macro lake_days_incremental() %}
+    {{ return(execute and config.get('materialized') == 'incremental' and is_incremental()) }}
+{% endmacro %}
+
+{#- The UTC days (YYYY-MM-DD strings) this staging model must rebuild, or none for "all". -#}
+{% macro lake_days_to_build() %}
+    {%- if not lake_days_incremental() -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- if adapter.get_relation(this.database, 'fleet_build', 'lake_days') is none -%}
+        {%- do run_query(lake_snapshot()) -%}
+    {%- endif -%}
+    {%- set model_name = this.identifier -%}
+    {%- set checksum = model_checksum() -%}
+    {%- set ledger -%}
+        select count(*) filter (where model_checksum = '{{ checksum }}'), count(*)
+        from fleet_build.lake_built where model = '{{ model_name }}'
+    {%- endset -%}
+    {%- set counts = run_query(ledger).rows[0] -%}
+    {%- if counts[0] == 0 or counts[0] != counts[1] -%}
+        {{ return(none) }}  {#- never built by this SQL: every day -#}
+    {%- endif -%}
+    {%- set query -%}
+        with now as (
+            select day, fingerprint from fleet_build.lake_days
+            where lake_table = '{{ lake_table_of(model_name) }}'
+        ),
+        built as (
+            select day, fingerprint from fleet_build.lake_built where model = '{{ model_name }}'
+        )
+        select strftime(coalesce(now.day, built.day), '%Y-%m-%d') as day
+        from now
+        full join built on built.day = now.day
+        where now.fingerprint is null
+            or built.fingerprint is null
+            or now.fingerprint <> built.fingerprint
+        {%- if var('fleet_from_day', none) %}
+            or coalesce(now.day, built.day) between date '{{ var("fleet_from_day") }}'
+                and date '{{ var("fleet_to_day", var("fleet_from_day")) }}'
+        {%- endif %}
+        order by 1
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values() | list) }}
+{% endmacro %}
+
+{#- `<lake>/<source>/<table>/day=<day>/*.parquet` of those of `days` that hold files now. -#}
+{% macro lake_day_folders(lake_table, days) %}
+    {%- if days | length == 0 -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {%- set query -%}
+        select strftime(day, '%Y-%m-%d') from fleet_build.lake_days
+        where lake_table = '{{ lake_table }}' and {{ days_filter(days) }}
+        order by 1
+    {%- endset -%}
+    {%- set folders = [] -%}
+    {%- for day in run_query(query).columns[0].values() -%}
+        {%- do folders.append(lake_dir() ~ '/' ~ lake_table ~ '/day=' ~ day ~ '/*.parquet') -%}
+    {%- endfor -%}
+    {{ return(folders) }}
+{% endmacro %}
+
+{#- pre-hook: drop the rows of the days about to be re-read (all of them when `days` is none). -#}
+{% macro lake_days_delete() %}
+    {%- if lake_days_incremental() -%}
+        delete from {{ this }} where {{ days_filter(lake_days_to_build()) }}
+    {%- endif -%}
+{% endmacro %}
+
+{#- post-hook: the model now holds every day of this run's listing. -#}
+{% macro lake_days_record() %}
+    {%- if execute and config.get('materialized') == 'incremental' -%}
+        {%- if adapter.get_relation(this.database, 'fleet_build', 'lake_days') is none -%}
+            {%- do run_query(lake_snapshot()) -%}
+        {%- endif -%}
+        delete from fleet_build.lake_built where model = '{{ this.identifier }}';
+        insert into fleet_build.lake_built
+        select
+            '{{ this.identifier }}', '{{ model_checksum() }}', lake_table, day, fingerprint, now()
+        from fleet_build.lake_days
+        where lake_table = '{{ lake_table_of(this.identifier) }}'
+    {%- endif -%}
+{% endmacro %}
