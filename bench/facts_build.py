@@ -22,7 +22,7 @@ simulator's fleet), so the bench never touches dbt_models/target while other bui
 stopped after --build-limit minutes. Goal (the issue): update <= 10% of the full build.
 
     .venv/bin/python bench/facts_build.py [--sizes small|90x50|365x200[,...]] [--keep DIR]
-        [--build-limit MINUTES]
+        [--build-limit MINUTES] [--verify]
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ class Outcome:
     unchanged: BuildRun | None = None  # the same build again with nothing new: dbt's fixed cost
 
 
-def run_size(size: Size, root: Path, limit_s: float) -> Outcome:
+def run_size(size: Size, root: Path, limit_s: float, verify: bool = False) -> Outcome:
     """Land (or reuse) the lakes, then time the floor, the full build and the update build."""
     spec = FleetSpec(SEED, size.vehicles, size.days, UPDATE_DAY, size.sampling)
     world = spec.world()  # vehicles only: the landing child generates the trips
@@ -341,7 +341,67 @@ def run_size(size: Size, root: Path, limit_s: float) -> Outcome:
     unchanged = dbt_build(cli, root / "dbt-unchanged.log", limit_s) if update.ok else None
     if unchanged is not None:
         report_build("build with nothing new", unchanged)
+    if verify and unchanged is not None and unchanged.ok:
+        check_against_full_build(cli, root, duckdb_path, limit_s)
     return Outcome(size, sizes, floor_s, full, update, unchanged)
+
+
+def check_against_full_build(cli: Any, root: Path, built: Path, limit_s: float) -> None:
+    """Build the updated lake from scratch into another DuckDB file (not timed) and compare
+    every model table and view with the incrementally updated one, doubles to 6 decimals."""
+    fresh = root / "fleet-verify.duckdb"
+    for stale in (fresh, fresh.with_name(fresh.name + ".wal")):
+        stale.unlink(missing_ok=True)
+    os.environ["FLEET_DUCKDB_PATH"] = str(fresh)
+    try:
+        run = dbt_build(cli, root / "dbt-verify.log", limit_s)
+    finally:
+        os.environ["FLEET_DUCKDB_PATH"] = str(built)
+    if not run.ok:
+        print(f"   verify: the full build of the updated lake {run.status()}", flush=True)
+        return
+    compare_models(built, fresh)
+
+
+def compare_models(built: Path, fresh: Path) -> None:
+    """Print whether two builds hold the same model tables and views."""
+    con = duckdb.connect()
+    con.execute("set enable_progress_bar = false")
+    # Attached under their own names: dbt's views name the catalog (the file's stem).
+    inc, ful = f'"{built.stem}"', f'"{fresh.stem}"'
+    con.execute(f"attach '{built}' as {inc} (read_only); attach '{fresh}' as {ful} (read_only)")
+    relations = con.execute(
+        "select table_name from information_schema.tables where table_catalog = ? "
+        "and table_schema = 'main' order by 1",
+        [fresh.stem],
+    ).fetchall()
+    differing = []
+    for (name,) in relations:
+        columns = con.execute(
+            "select column_name, data_type from information_schema.columns where "
+            "table_catalog = ? and table_schema = 'main' and table_name = ? "
+            "order by ordinal_position",
+            [fresh.stem, name],
+        ).fetchall()
+        select = ", ".join(
+            f'round("{c}", 6)' if t in ("DOUBLE", "FLOAT") else f'"{c}"' for c, t in columns
+        )
+        query = (
+            f"select count(*) from (select {select} from {inc}.main.{name} except all "
+            f"select {select} from {ful}.main.{name}) union all select count(*) from "
+            f"(select {select} from {ful}.main.{name} except all select {select} from "
+            f"{inc}.main.{name})"
+        )
+        extra, missing = (n for (n,) in con.execute(query).fetchall())
+        if extra or missing:
+            differing.append(f"{name} (+{extra}/-{missing} rows)")
+    con.close()
+    verdict = "identical" if not differing else "DIFFERENT: " + ", ".join(differing)
+    print(
+        f"   verify: after the update, {len(relations)} model tables and views vs a full build "
+        f"of the updated lake: {verdict}",
+        flush=True,
+    )
 
 
 def report_landing(landing: Landing) -> None:
@@ -478,6 +538,12 @@ def main() -> None:
         default=60.0,
         help="minutes after which a dbt build is stopped (the machine is shared)",
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="after the timed builds, build the updated lake from scratch and check that the "
+        "incrementally updated DuckDB holds exactly the same models",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.sizes.split(",") if n.strip()]
     unknown = [n for n in names if n not in SIZES]
@@ -488,7 +554,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="facts-bench-") as tmp:
         base = Path(args.keep).resolve() if args.keep else Path(tmp)
         for name in names:
-            outcome = run_size(SIZES[name], base / name, args.build_limit * 60)
+            outcome = run_size(SIZES[name], base / name, args.build_limit * 60, args.verify)
             print_outcome(outcome)
             outcomes.append(outcome)
     if len(outcomes) > 1:

@@ -58,6 +58,9 @@ def ensure_manifest(project: DbtProject = dbt_project) -> Path:
         ]
         newest = max((p.stat().st_mtime for p in sources), default=0.0)
         if not manifest.exists() or manifest.stat().st_mtime < newest:
+            # The profile's settings are part of dbt's partial-parse key: parse with the
+            # memory limit builds will use, or every build would parse the project again.
+            os.environ.setdefault("FLEET_DUCKDB_MEMORY_LIMIT", default_memory_limit())
             dbt_resource().cli(["parse", "--quiet"], target_path=project.target_path).wait()
     return manifest
 
@@ -131,9 +134,21 @@ class FleetDbtTranslator(DagsterDbtTranslator):
 
 
 def dbt_env(lake_dir: Path, duckdb_path: Path) -> dict[str, str]:
-    """dbt runs in its project dir: hand it absolute paths so relative settings still work."""
+    """dbt runs in its project dir: hand it absolute paths so relative settings still work,
+    and DuckDB a memory limit (FLEET_DUCKDB_MEMORY_LIMIT, else half the machine's RAM)."""
     duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-    return {"FLEET_LAKE_DIR": str(lake_dir), "FLEET_DUCKDB_PATH": str(duckdb_path)}
+    return {
+        "FLEET_LAKE_DIR": str(lake_dir),
+        "FLEET_DUCKDB_PATH": str(duckdb_path),
+        "FLEET_DUCKDB_MEMORY_LIMIT": os.environ.get("FLEET_DUCKDB_MEMORY_LIMIT")
+        or default_memory_limit(),
+    }
+
+
+def default_memory_limit() -> str:
+    """Half the RAM, in DuckDB's units: room for dbt, Dagster and the OS beside DuckDB."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1, total // 2 // 2**30)}GiB"
 
 
 class FactsBuildConfig(Config):

@@ -159,3 +159,101 @@
         where lake_table = '{{ lake_table_of(this.identifier) }}'
     {%- endif -%}
 {% endmacro %}
+
+{#- Intermediate models incremental by day, downstream of lake-day staging tables.
+
+    Such a model keeps, in the same ledger, the staging tables' own ledger rows as it last
+    built from them (lake_table = the staging model's name). It rebuilds a day when a staging
+    table's row for that day differs (the staging table re-read it), plus `margin` days either
+    side, for rows whose inputs reach across midnight. Comparing with what the staging tables
+    hold (their ledger rows and SQL checksum), not with the lake listing, keeps it exact when
+    only some models are built or a staging model's SQL changed.
+    `checks` maps a name to a query returning one fingerprint of an input read whole (e.g. the
+    vehicles' tank sizes): when it changes, every day is rebuilt. -#}
+
+{% macro upstream_days_to_build(inputs, checks={}, margin=1) %}
+    {%- if not (execute and is_incremental()) -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set model_name = this.identifier -%}
+    {%- set checksum = model_checksum() -%}
+    {%- set ledger -%}
+        select count(*) filter (where model_checksum = '{{ checksum }}'), count(*)
+        from fleet_build.lake_built where model = '{{ model_name }}'
+    {%- endset -%}
+    {%- set counts = run_query(ledger).rows[0] -%}
+    {%- if counts[0] == 0 or counts[0] != counts[1] -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- for name, query in checks.items() -%}
+        {%- set recorded -%}
+            select fingerprint from fleet_build.lake_built
+            where model = '{{ model_name }}' and lake_table = '{{ name }}'
+        {%- endset -%}
+        {%- set before = run_query(recorded).columns[0].values() -%}
+        {%- set now = run_query(query).columns[0].values() -%}
+        {%- if before | list != now | list -%}
+            {{ return(none) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {%- set query -%}
+        with now_by_model as (
+            select model as lake_table, day, fingerprint || '@' || model_checksum as fingerprint
+            from fleet_build.lake_built
+            where model in ({{ quoted_list(inputs) }})
+        ),
+        built as (
+            select lake_table, day, fingerprint from fleet_build.lake_built
+            where model = '{{ model_name }}' and lake_table in ({{ quoted_list(inputs) }})
+        ),
+        changed as (
+            select coalesce(now_by_model.day, built.day) as day
+            from now_by_model
+            full join built
+                on built.lake_table = now_by_model.lake_table and built.day = now_by_model.day
+            where now_by_model.fingerprint is null
+                or built.fingerprint is null
+                or now_by_model.fingerprint <> built.fingerprint
+            {%- if var('fleet_from_day', none) %}
+            union all
+            select unnest(generate_series(
+                date '{{ var("fleet_from_day") }}',
+                date '{{ var("fleet_to_day", var("fleet_from_day")) }}',
+                interval 1 day
+            ))::date
+            {%- endif %}
+        )
+        select distinct strftime(day + to_days(shift), '%Y-%m-%d') as day
+        from changed, range(-{{ margin }}, {{ margin }} + 1) as shifts(shift)
+        order by 1
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values() | list) }}
+{% endmacro %}
+
+{% macro quoted_list(names) -%}
+    {%- for name in names %}'{{ name }}'{{ ", " if not loop.last }}{% endfor -%}
+{%- endmacro %}
+
+{#- pre-hook of such a model: drop the rows of the days about to be rebuilt. -#}
+{% macro upstream_days_delete(inputs, checks={}, margin=1) %}
+    {%- if execute and is_incremental() -%}
+        delete from {{ this }} where {{ days_filter(upstream_days_to_build(inputs, checks, margin)) }}
+    {%- endif -%}
+{% endmacro %}
+
+{#- post-hook: the model now reflects its inputs' ledgers and checks as they stand. -#}
+{% macro upstream_days_record(inputs, checks={}) %}
+    {%- if execute -%}
+        delete from fleet_build.lake_built where model = '{{ this.identifier }}';
+        insert into fleet_build.lake_built
+        select
+            '{{ this.identifier }}', '{{ model_checksum() }}', model, day,
+            fingerprint || '@' || model_checksum, now()
+        from fleet_build.lake_built
+        where model in ({{ quoted_list(inputs) }});
+        {%- for name, query in checks.items() %}
+        insert into fleet_build.lake_built
+        select '{{ this.identifier }}', '{{ model_checksum() }}', '{{ name }}', null, ({{ query }}), now();
+        {%- endfor %}
+    {%- endif -%}
+{% endmacro %}

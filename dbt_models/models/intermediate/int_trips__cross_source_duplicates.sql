@@ -17,15 +17,29 @@ with trips as (
         and vehicles.source_vehicle_id = trips.source_vehicle_id
 ),
 
-overlapping as (
+-- Each trip under every UTC day it spans: overlapping trips share a day, so comparing only
+-- trips of one vehicle-day is exact, where a vehicle-wide join compared every pair of a
+-- year's trips.
+trip_days as (
     select
+        *,
+        unnest(range(
+            cast(floor(epoch(started_at) / 86400) as bigint),
+            cast(floor(epoch(ended_at) / 86400) as bigint) + 1
+        )) as day_number
+    from trips
+),
+
+overlapping as (
+    select distinct
         copy.trip_id,
         primary_copy.trip_id as is_duplicate_of,
         primary_copy.source_rank,
         primary_copy.started_at
-    from trips as copy
-    inner join trips as primary_copy
+    from trip_days as copy
+    inner join trip_days as primary_copy
         on primary_copy.vehicle_id = copy.vehicle_id
+        and primary_copy.day_number = copy.day_number
         and primary_copy.source_rank < copy.source_rank
         and primary_copy.started_at < copy.ended_at
         and copy.started_at < primary_copy.ended_at

@@ -8,7 +8,7 @@ refuels as (
         cast(occurred_at at time zone 'UTC' as date) as day,
         vehicle_id,
         count(*) as refuels,
-        sum(volume_l) as refuel_l
+        {{ exact_sum('volume_l') }} as refuel_l
     from {{ ref('fct_fuel_events') }}
     -- Another source's copy of a refuel already counted.
     where event_type = 'refuel' and is_duplicate_of is null
@@ -51,11 +51,13 @@ per_day as (
         cast(trips.started_at at time zone 'UTC' as date) as day,
         trips.vehicle_id,
         count(*) as trips,
-        sum(trips.distance_km) as distance_km,
-        sum(trips.driving_s) as driving_s,
-        sum(trips.idle_s) as idle_s,
-        sum(trip_fuel.fuel_used_l) as fuel_used_l,
-        sum(trip_fuel.fuel_cost) as fuel_cost
+        -- Summed as decimals: a double sum depends on the order rows arrive in, and its last
+        -- bit can flip a rounded figure between two builds of the same data.
+        {{ exact_sum('trips.distance_km') }} as distance_km,
+        {{ exact_sum('trips.driving_s') }} as driving_s,
+        {{ exact_sum('trips.idle_s') }} as idle_s,
+        {{ exact_sum('trip_fuel.fuel_used_l') }} as fuel_used_l,
+        {{ exact_sum('trip_fuel.fuel_cost') }} as fuel_cost
     from trips
     left join trip_fuel on trip_fuel.trip_id = trips.trip_id
     -- Another source's copy of a trip already counted.

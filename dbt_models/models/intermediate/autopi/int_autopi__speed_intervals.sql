@@ -33,6 +33,10 @@ positions as (
     select source_trip_id, recorded_at, lat, lon
     from points
     where lat is not null and lon is not null
+    -- one fix per instant (the later line), so a tie never picks a fix at random
+    qualify row_number() over (
+        partition by source_trip_id, recorded_at order by line_no desc
+    ) = 1
 ),
 
 obd_trips as (

@@ -112,6 +112,41 @@ trips as (
     select trip_id, source_vehicle_id, started_at, ended_at from {{ ref('int_kt1__trips') }}
 ),
 
+long_enough as (
+    select *
+    from periods
+    where date_diff('millisecond', started_at, ended_at) >= {{ min_idle_s }} * 1000
+),
+
+-- The trip a period starts in (a trip without an end is still going): the latest-started such
+-- trip. An ASOF join finds the latest trip started at or before each period; only periods that
+-- trip had already ended before (few: trips of one asset seldom overlap) look further back.
+-- A plain range join here compared every period with every trip of its asset.
+latest_trip as (
+    select
+        long_enough.*,
+        trips.trip_id as latest_trip_id,
+        long_enough.started_at <= coalesce(trips.ended_at, long_enough.started_at)
+            as in_latest_trip
+    from long_enough
+    asof left join trips
+        on trips.source_vehicle_id = long_enough.asset_id
+        and trips.started_at <= long_enough.started_at
+),
+
+earlier_trip as (
+    select latest_trip.asset_id, latest_trip.started_at, trips.trip_id
+    from latest_trip
+    inner join trips
+        on trips.source_vehicle_id = latest_trip.asset_id
+        and trips.started_at <= latest_trip.started_at
+        and latest_trip.started_at <= coalesce(trips.ended_at, latest_trip.started_at)
+    where not latest_trip.in_latest_trip
+    qualify row_number() over (
+        partition by latest_trip.asset_id, latest_trip.started_at order by trips.started_at desc
+    ) = 1
+),
+
 final as (
     select
         md5('kt1|' || periods.asset_id || '|' || cast(epoch_us(periods.started_at) as varchar))
@@ -125,15 +160,14 @@ final as (
         periods.lat,
         periods.lon,
         periods.address,
-        trips.trip_id
-    from periods
-    left join trips
-        on trips.source_vehicle_id = periods.asset_id
-        and periods.started_at >= trips.started_at
-        and periods.started_at <= coalesce(trips.ended_at, periods.started_at)
-    where date_diff('millisecond', periods.started_at, periods.ended_at) >= {{ min_idle_s }} * 1000
+        case when periods.in_latest_trip then periods.latest_trip_id else earlier_trip.trip_id end
+            as trip_id
+    from latest_trip as periods
+    left join earlier_trip
+        on earlier_trip.asset_id = periods.asset_id
+        and earlier_trip.started_at = periods.started_at
     qualify row_number() over (
-        partition by periods.asset_id, periods.started_at order by trips.started_at desc
+        partition by periods.asset_id, periods.started_at order by periods.ended_at desc
     ) = 1
 )
 

@@ -7,6 +7,22 @@
 -- the trip. "After" is the first reading at or after engine off, in the parking that followed
 -- (until the next trip started, at most 6 h on), else the last reading inside the trip.
 -- Parked, the level only moves with a refuel, whose litres are added back.
+--
+-- Incremental by day (macros/lake_days.sql): a build redoes the trips of the days whose route
+-- log, fuel levels or refuels changed, and of the day either side (a trip's readings reach 6 h
+-- past its ends); every day when a vehicle's fuel setup changed. Readings are read only over
+-- the rebuilt trips' time span: a reading outside a trip's 6 h reach is never used.
+-- depends_on: {{ ref('stg_metrotec__vehicles') }}
+{%- set inputs = ['stg_metrotec__routelog', 'stg_metrotec__fuel_levels', 'stg_metrotec__refuels'] %}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='sync_all_columns',
+    pre_hook="{{ upstream_days_delete(" ~ inputs ~ ", metrotec_fuel_setup_check()) }}",
+    post_hook="{{ upstream_days_record(" ~ inputs ~ ", metrotec_fuel_setup_check()) }}",
+) }}
+{%- set days = upstream_days_to_build(inputs, metrotec_fuel_setup_check()) %}
+
 with trips as (
     select
         source_trip_id,
@@ -14,12 +30,25 @@ with trips as (
         started_at,
         ended_at,
         greatest(previous_ended_at, started_at - interval 6 hour) as parked_before_from,
-        least(parked_until, ended_at + interval 6 hour) as parked_after_until
+        least(parked_until, ended_at + interval 6 hour) as parked_after_until,
+        day
     from {{ ref('stg_metrotec__routelog') }}
+    where {{ days_filter(days) }}
+),
+
+reach as (
+    select
+        min(started_at) - interval 6 hour as reach_from,
+        max(coalesce(ended_at, started_at)) + interval 6 hour as reach_to
+    from trips
 ),
 
 readings as (
-    select * from {{ ref('int_metrotec__fuel_readings') }}
+    select *
+    from {{ ref('int_metrotec__fuel_readings') }}
+    {%- if days is not none %}
+    where recorded_at between (select reach_from from reach) and (select reach_to from reach)
+    {%- endif %}
 ),
 
 levels as (
@@ -158,6 +187,7 @@ position_bounds as (
 final as (
     select
         level_bounds.source_trip_id,
+        trips.day,
         level_bounds.level_start_at,
         level_bounds.level_start_l,
         level_bounds.level_end_at,
@@ -182,6 +212,7 @@ final as (
         position_bounds.end_lat,
         position_bounds.end_lon
     from level_bounds
+    inner join trips on trips.source_trip_id = level_bounds.source_trip_id
     left join refuelled
         on refuelled.source_trip_id = level_bounds.source_trip_id
     left join position_bounds
