@@ -21,9 +21,16 @@
     {{ return(env_var('FLEET_LAKE_DIR', '../data/lake')) }}
 {%- endmacro %}
 
-{#- on-run-start: the ledger tables and this run's listing of the lake. -#}
+{#- on-run-start: the ledger tables and this run's listing of the lake (the raw tables dbt
+    reads, one scan each: DuckDB runs them side by side). -#}
 {% macro lake_snapshot() %}
-    {%- set pattern = (lake_dir() ~ '/*/*/day=*/*.parquet') | replace("'", "''") -%}
+    {%- if not execute -%}
+        {{ return('select 1') }}  {#- parsing: the graph is not loaded yet #}
+    {%- endif -%}
+    {%- set tables = [] -%}
+    {%- for node in graph.sources.values() | sort(attribute='unique_id') -%}
+        {%- do tables.append(node.source_name ~ '/' ~ node.name) -%}
+    {%- endfor -%}
     create schema if not exists fleet_build;
     create table if not exists fleet_build.lake_built (
         model varchar,
@@ -35,18 +42,19 @@
     );
     create or replace table fleet_build.lake_days as
     with files as (
+        {%- for table in tables %}
         select
+            '{{ table }}' as lake_table,
             size,
             last_modified,
-            regexp_extract(
-                filename,
-                '([^/]+/[^/]+)/day=([0-9]{4}-[0-9]{2}-[0-9]{2})/([^/]+)$',
-                ['lake_table', 'day', 'name']
-            ) as parts
-        from read_blob('{{ pattern }}')
+            regexp_extract(filename, '/day=([0-9]{4}-[0-9]{2}-[0-9]{2})/([^/]+)$', ['day', 'name'])
+                as parts
+        from read_blob('{{ (lake_dir() ~ '/' ~ table ~ '/day=*/*.parquet') | replace("'", "''") }}')
+        {{ "union all" if not loop.last }}
+        {%- endfor %}
     )
     select
-        parts.lake_table,
+        lake_table,
         cast(parts.day as date) as day,
         count(*) as files,
         sum(size) as bytes,

@@ -1,6 +1,7 @@
 -- Idle periods (engine on, speed 0, at least the source's threshold) of every source.
 -- `conformed` fixes the shape; a source adds `int_<source>__idle_periods` (same columns, same
--- order) with one `union all` line at the marker below.
+-- order; a `day` an incremental model keeps is left out) with one `union all` line at the
+-- marker below.
 with conformed as (
     select
         cast(null as varchar) as idle_period_id,
@@ -19,7 +20,7 @@ with conformed as (
 final as (
     select * from conformed
     union all select * from {{ ref('int_kt1__idle_periods') }}
-    union all select * from {{ ref('int_metrotec__idle_periods') }}
+    union all select * exclude (day) from {{ ref('int_metrotec__idle_periods') }}
     union all select * from {{ ref('int_autopi__idle_periods') }}
     -- sources: union all select * from ref('int_<source>__idle_periods')
 )

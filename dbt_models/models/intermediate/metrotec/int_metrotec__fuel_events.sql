@@ -5,10 +5,22 @@ with refuels as (
     select * from {{ ref('stg_metrotec__refuels') }}
 ),
 
+-- Only the readings of a refuelling vehicle on the refuel's day or the day before: the one
+-- used lies within the hour before, so the answer is the same, without ordering a year of
+-- readings for a few thousand refuels.
+refuel_days as (
+    select distinct source_vehicle_id, cast(started_at as date) as on_day from refuels
+    union
+    select distinct source_vehicle_id, cast(started_at - interval 1 hour as date) from refuels
+),
+
 positions as (
-    select source_vehicle_id, recorded_at, lat, lon
-    from {{ ref('int_metrotec__fuel_readings') }}
-    where lat is not null and lon is not null
+    select readings.source_vehicle_id, readings.recorded_at, readings.lat, readings.lon
+    from {{ ref('stg_metrotec__fuel_levels') }} as readings
+    semi join refuel_days
+        on refuel_days.source_vehicle_id = readings.source_vehicle_id
+        and refuel_days.on_day = cast(readings.recorded_at as date)
+    where readings.lat is not null and readings.lon is not null
 ),
 
 located as (

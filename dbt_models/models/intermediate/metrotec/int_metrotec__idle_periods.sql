@@ -1,19 +1,53 @@
 -- Metrotec stops with the engine running (runningTime > 0) in the fct_idle_periods shape:
 -- idling from the halt (startTime) until the engine stopped or the vehicle moved off
 -- (stopTime). Position from a fuel level reading taken during the idle, when there is one.
+--
+-- Incremental by day (macros/lake_days.sql): a build redoes the stops of the days whose stops,
+-- fuel levels or route log the staging tables re-read, and of the day either side; readings
+-- and trips are read only around those stops (a stop over 24 h long, or inside a trip that
+-- began over a day before it, is left to a full refresh).
+{%- set inputs = ['stg_metrotec__stops', 'stg_metrotec__fuel_levels', 'stg_metrotec__routelog'] %}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='sync_all_columns',
+    pre_hook="{{ upstream_days_delete(" ~ inputs ~ ") }}",
+    post_hook="{{ upstream_days_record(" ~ inputs ~ ") }}",
+) }}
+{%- set days = upstream_days_to_build(inputs) %}
+
 with stops as (
     select * from {{ ref('stg_metrotec__stops') }}
-    where is_engine_running
+    where is_engine_running and {{ days_filter(days) }}
 ),
 
+reach as (
+    select
+        min(started_at) - interval 1 day as reach_from,
+        max(greatest(started_at, coalesce(engine_stopped_at, started_at))) as reach_to
+    from stops
+),
+
+-- The route log's trips: the ids int_metrotec__trips gives them.
 trips as (
-    select * from {{ ref('int_metrotec__trips') }}
+    select
+        md5('metrotec|' || source_trip_id) as trip_id,
+        source_vehicle_id,
+        started_at,
+        ended_at
+    from {{ ref('stg_metrotec__routelog') }}
+    {%- if days is not none %}
+    where started_at between (select reach_from from reach) and (select reach_to from reach)
+    {%- endif %}
 ),
 
 positions as (
     select source_vehicle_id, recorded_at, lat, lon, address
-    from {{ ref('int_metrotec__fuel_readings') }}
+    from {{ ref('stg_metrotec__fuel_levels') }}
     where lat is not null and lon is not null
+    {%- if days is not none %}
+        and recorded_at between (select reach_from from reach) and (select reach_to from reach)
+    {%- endif %}
 ),
 
 located as (
@@ -49,7 +83,8 @@ final as (
         lat,
         lon,
         address,
-        trip_id
+        trip_id,
+        day
     from in_trip
 )
 
