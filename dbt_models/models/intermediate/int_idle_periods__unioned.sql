@@ -2,6 +2,8 @@
 -- `conformed` fixes the shape; a source adds `int_<source>__idle_periods` (same columns, same
 -- order; a `day` an incremental model keeps is left out) with one `union all` line at the
 -- marker below.
+-- A view: a union of tables costs its few readers less than writing it again each run.
+{{ config(materialized='view') }}
 with conformed as (
     select
         cast(null as varchar) as idle_period_id,

@@ -1,6 +1,8 @@
 -- Trips of every source in one shape, before vehicle identities are resolved.
 -- A source adds its conformed model `int_<source>__trips` (same columns, same order) with one
 -- `union all` line at the marker below.
+-- A view: a union of tables costs its few readers less than writing it again each run.
+{{ config(materialized='view') }}
 with avl as (
     select
         avl_trip_id as trip_id,
