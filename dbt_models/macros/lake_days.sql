@@ -83,6 +83,16 @@
     {{ return((model.get('checksum') or {}).get('checksum', '')) }}
 {% endmacro %}
 
+{#- True when the current model's ledger was written by its current SQL (and exists). -#}
+{% macro ledger_matches_sql() %}
+    {%- set query -%}
+        select count(*) filter (where model_checksum = '{{ model_checksum() }}'), count(*)
+        from fleet_build.lake_built where model = '{{ this.identifier }}'
+    {%- endset -%}
+    {%- set counts = run_query(query).rows[0] -%}
+    {{ return(counts[0] > 0 and counts[0] == counts[1]) }}
+{% endmacro %}
+
 {#- True when the current model is a lake-day incremental table being updated in place. -#}
 {% macro lake_days_incremental() %}
     {{ return(execute and config.get('materialized') == 'incremental' and is_incremental()) }}
@@ -97,13 +107,7 @@
         {%- do run_query(lake_snapshot()) -%}
     {%- endif -%}
     {%- set model_name = this.identifier -%}
-    {%- set checksum = model_checksum() -%}
-    {%- set ledger -%}
-        select count(*) filter (where model_checksum = '{{ checksum }}'), count(*)
-        from fleet_build.lake_built where model = '{{ model_name }}'
-    {%- endset -%}
-    {%- set counts = run_query(ledger).rows[0] -%}
-    {%- if counts[0] == 0 or counts[0] != counts[1] -%}
+    {%- if not ledger_matches_sql() -%}
         {{ return(none) }}  {#- never built by this SQL: every day -#}
     {%- endif -%}
     {%- set query -%}
@@ -184,14 +188,8 @@
         {{ return(none) }}
     {%- endif -%}
     {%- set model_name = this.identifier -%}
-    {%- set checksum = model_checksum() -%}
-    {%- set ledger -%}
-        select count(*) filter (where model_checksum = '{{ checksum }}'), count(*)
-        from fleet_build.lake_built where model = '{{ model_name }}'
-    {%- endset -%}
-    {%- set counts = run_query(ledger).rows[0] -%}
-    {%- if counts[0] == 0 or counts[0] != counts[1] -%}
-        {{ return(none) }}
+    {%- if not ledger_matches_sql() -%}
+        {{ return(none) }}  {#- never built by this SQL: every day -#}
     {%- endif -%}
     {%- for name, query in checks.items() -%}
         {%- set recorded -%}
