@@ -552,7 +552,7 @@ def build_reference_db(data_dir: Path) -> Path:
     """
     from dagster import AssetSelection
 
-    from pipelines.cli import _failure_lines, _materialize, demo_steps
+    from pipelines.cli import _materialize, demo_steps, failure_lines
     from pipelines.simulator.serve import start_all
     from pipelines.simulator.world import World
 
@@ -590,7 +590,7 @@ def build_reference_db(data_dir: Path) -> Path:
                 if not result.success:
                     raise RuntimeError(
                         f"reference world: step {step.name} failed (log: {log}): "
-                        + "; ".join(_failure_lines(result))
+                        + "; ".join(failure_lines(result))
                     )
     return duckdb_path
 

@@ -110,7 +110,8 @@ def _materialize(defs, selection, tags: dict[str, str] | None, instance, log: Pa
         )
 
 
-def _failure_lines(result) -> list[str]:  # noqa: ANN001
+def failure_lines(result: Any) -> list[str]:
+    """One line per failed step of an in-process run: the user-facing reason, not a trace."""
     lines = []
     for event in result.get_step_failure_events():
         data = event.step_failure_data
@@ -164,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 result = _materialize(defs, selection, tags, instance, log)
             if not result.success:
                 console.print(f"[red]✗ {label} failed[/] (full log: {log}):")
-                for line in _failure_lines(result):
+                for line in failure_lines(result):
                     console.print(f"  {line}", highlight=False)
                 return 1
             console.print(
@@ -349,7 +350,7 @@ def cmd_autopi_reexport(args: argparse.Namespace) -> int:
     result = reexport_trips(args.trip_ids, wait_s=args.wait)
     console.print(summary_line(result), highlight=False)
     if not result.success:
-        for line in _failure_lines(result):
+        for line in failure_lines(result):
             console.print(f"[red]{line}[/]", highlight=False)
         return 1
     return 0

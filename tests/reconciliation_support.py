@@ -24,8 +24,9 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from dagster import AssetKey, ExecuteInProcessResult, materialize
+from dagster import AssetKey, materialize
 
+from pipelines.cli import failure_lines
 from pipelines.simulator import autopi, avl, kt1, metrotec
 from pipelines.simulator.serve import DEMO_AVL_RATE, Simulators
 from pipelines.simulator.truth import identities
@@ -95,17 +96,6 @@ def simulators(world: World) -> Iterator[Simulators]:
         sims.stop()
 
 
-def _failure_lines(result: ExecuteInProcessResult) -> str:
-    lines = []
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data
-        if data.user_failure_data and data.user_failure_data.description:
-            lines.append(data.user_failure_data.description)
-        elif data.error:
-            lines.append(data.error.message.strip())
-    return "\n".join(lines) or "run failed"
-
-
 @dataclass
 class Build:
     duckdb_path: Path
@@ -164,7 +154,8 @@ def build_everything(world: World, tmp: Path, mp: pytest.MonkeyPatch) -> Build:
                     if any(word in line for word in ("FAIL", "ERROR", "Error", "Failure"))
                 ]
                 detail = "\n".join(failed[-30:])
-                raise AssertionError(f"{name} run failed:\n{_failure_lines(result)}\n{detail}")
+                reasons = "\n".join(failure_lines(result))
+                raise AssertionError(f"{name} run failed:\n{reasons}\n{detail}")
     return build
 
 
