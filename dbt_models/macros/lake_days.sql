@@ -69,6 +69,13 @@
     group by all
 {%- endmacro %}
 
+{#- The run's listing, taken now if no on-run-start hook took it (e.g. `dbt compile`). -#}
+{% macro ensure_lake_snapshot() %}
+    {%- if adapter.get_relation(this.database, 'fleet_build', 'lake_days') is none -%}
+        {%- do run_query(lake_snapshot()) -%}
+    {%- endif -%}
+{% endmacro %}
+
 {#- `<source>/<table>` of a staging model named stg_<source>__<table>. -#}
 {% macro lake_table_of(model_name) %}
     {%- set parts = model_name[4:].split('__') -%}
@@ -103,9 +110,7 @@
     {%- if not lake_days_incremental() -%}
         {{ return(none) }}
     {%- endif -%}
-    {%- if adapter.get_relation(this.database, 'fleet_build', 'lake_days') is none -%}
-        {%- do run_query(lake_snapshot()) -%}
-    {%- endif -%}
+    {%- do ensure_lake_snapshot() -%}
     {%- set model_name = this.identifier -%}
     {%- if not ledger_matches_sql() -%}
         {{ return(none) }}  {#- never built by this SQL: every day -#}
@@ -160,9 +165,7 @@
 {#- post-hook: the model now holds every day of this run's listing. -#}
 {% macro lake_days_record() %}
     {%- if execute and config.get('materialized') == 'incremental' -%}
-        {%- if adapter.get_relation(this.database, 'fleet_build', 'lake_days') is none -%}
-            {%- do run_query(lake_snapshot()) -%}
-        {%- endif -%}
+        {%- do ensure_lake_snapshot() -%}
         delete from fleet_build.lake_built where model = '{{ this.identifier }}';
         insert into fleet_build.lake_built
         select
