@@ -8,9 +8,9 @@
     arguments or on Dagster partitions, so a late kt1 item or a re-exported AutoPi trip of an
     old day is never skipped.
 
-    * A day whose newest file is under 2 s older than the listing is "racy" (a same-second
-      rewrite of the same size would look unchanged): it gets no fingerprint, so the next run
-      reads it again.
+    * A day whose newest file is under 2 s older than the listing is "racy" (where the file
+      system keeps coarse times, a rewrite of the same size moments later would look
+      unchanged): it gets no fingerprint, so the next run reads it again.
     * A model whose SQL changed since its ledger was written rebuilds every day (its columns
       follow through on_schema_change), as does `dbt build --full-refresh`.
     * The vars fleet_from_day / fleet_to_day (YYYY-MM-DD) rebuild a window on top.
@@ -22,7 +22,8 @@
 {%- endmacro %}
 
 {#- on-run-start: the ledger tables and this run's listing of the lake (the raw tables dbt
-    reads, one scan each: DuckDB runs them side by side). -#}
+    reads), taken by fleet_lake_listing() of the profile's plugin (pipelines/lake_listing.py):
+    per table and day folder, its files' count, bytes, newest mtime (ns) and fingerprint. -#}
 {% macro lake_snapshot() %}
     {%- if not execute -%}
         {{ return('select 1') }}  {#- parsing: the graph is not loaded yet #}
@@ -41,32 +42,25 @@
         built_at timestamptz
     );
     create or replace table fleet_build.lake_days as
-    with files as (
-        {%- for table in tables %}
-        select
-            '{{ table }}' as lake_table,
-            size,
-            last_modified,
-            regexp_extract(filename, '/day=([0-9]{4}-[0-9]{2}-[0-9]{2})/([^/]+)$', ['day', 'name'])
-                as parts
-        from read_blob('{{ (lake_dir() ~ '/' ~ table ~ '/day=*/*.parquet') | replace("'", "''") }}')
-        {{ "union all" if not loop.last }}
-        {%- endfor %}
+    with listing as (
+        select unnest(from_json(
+            fleet_lake_listing(
+                '{{ lake_dir() | replace("'", "''") }}',
+                [{% for table in tables %}'{{ table }}'{{ ", " if not loop.last }}{% endfor %}]
+            ),
+            '[{"lake_table": "VARCHAR", "day": "DATE", "files": "BIGINT", "bytes": "BIGINT",
+              "newest_ns": "BIGINT", "fingerprint": "VARCHAR"}]'
+        ), recursive := true)
     )
     select
         lake_table,
-        cast(parts.day as date) as day,
-        count(*) as files,
-        sum(size) as bytes,
+        day,
+        files,
+        bytes,
         case
-            when max(last_modified) >= now() - interval 2 second then null
-            else md5(string_agg(
-                parts.name || ':' || size || ':' || epoch(last_modified), ','
-                order by parts.name
-            ))
+            when newest_ns >= epoch_ns(now()) - 2 * 1000000000 then null else fingerprint
         end as fingerprint
-    from files
-    group by all
+    from listing
 {%- endmacro %}
 
 {#- The run's listing, taken now if no on-run-start hook took it (e.g. `dbt compile`). -#}
