@@ -5,13 +5,16 @@ with refuels as (
     select * from {{ ref('stg_metrotec__refuels') }}
 ),
 
--- Only the readings of a refuelling vehicle on the refuel's day or the day before: the one
--- used lies within the hour before, so the answer is the same, without ordering a year of
--- readings for a few thousand refuels.
+-- Only the readings of a refuelling vehicle on the UTC day of the refuel or of the hour before
+-- it: the one used lies within that hour, so the answer is the same, without ordering a year
+-- of readings for a few thousand refuels. Matched on the lake day (the reading's UTC date).
 refuel_days as (
-    select distinct source_vehicle_id, cast(started_at as date) as on_day from refuels
+    select distinct source_vehicle_id, cast(started_at at time zone 'UTC' as date) as on_day
+    from refuels
     union
-    select distinct source_vehicle_id, cast(started_at - interval 1 hour as date) from refuels
+    select distinct
+        source_vehicle_id, cast((started_at - interval 1 hour) at time zone 'UTC' as date)
+    from refuels
 ),
 
 positions as (
@@ -19,7 +22,7 @@ positions as (
     from {{ ref('stg_metrotec__fuel_levels') }} as readings
     semi join refuel_days
         on refuel_days.source_vehicle_id = readings.source_vehicle_id
-        and refuel_days.on_day = cast(readings.recorded_at as date)
+        and refuel_days.on_day = readings.day
     where readings.lat is not null and readings.lon is not null
 ),
 
