@@ -22,7 +22,7 @@ simulator's fleet), so the bench never touches dbt_models/target while other bui
 stopped after --build-limit minutes. Goal (the issue): update <= 10% of the full build.
 
     .venv/bin/python bench/facts_build.py [--sizes small|90x50|365x200[,...]] [--keep DIR]
-        [--build-limit MINUTES] [--verify]
+        [--build-limit MINUTES] [--verify] [--repeat N]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -277,15 +278,31 @@ def describe_nodes(manifest: dict[str, Any]) -> str:
 
 @dataclass
 class Outcome:
+    """Each build's runs (--repeat); the figures are each's median run by wall time."""
+
     size: Size
     lake: dict[str, TableSize]
     floor_s: float
-    full: BuildRun
-    update: BuildRun | None  # None when the full build did not finish
-    unchanged: BuildRun | None = None  # the same build again with nothing new: dbt's fixed cost
+    fulls: list[BuildRun]
+    updates: list[BuildRun]  # none when the full build did not finish
+    unchanged_runs: list[BuildRun] = field(default_factory=list)  # dbt's fixed cost
+
+    @property
+    def full(self) -> BuildRun:
+        return median_run(self.fulls)
+
+    @property
+    def update(self) -> BuildRun | None:
+        return median_run(self.updates) if self.updates else None
+
+    @property
+    def unchanged(self) -> BuildRun | None:
+        return median_run(self.unchanged_runs) if self.unchanged_runs else None
 
 
-def run_size(size: Size, root: Path, limit_s: float, verify: bool = False) -> Outcome:
+def run_size(
+    size: Size, root: Path, limit_s: float, verify: bool = False, repeat: int = 1
+) -> Outcome:
     """Land (or reuse) the lakes, then time the floor, the full build and the update build."""
     spec = FleetSpec(SEED, size.vehicles, size.days, UPDATE_DAY, size.sampling)
     world = spec.world()  # vehicles only: the landing child generates the trips
@@ -326,24 +343,69 @@ def run_size(size: Size, root: Path, limit_s: float, verify: bool = False) -> Ou
     sizes = lake_sizes(initial, rows)
 
     cli = dbt_cli(project)
-    for stale in (duckdb_path, duckdb_path.with_name(duckdb_path.name + ".wal")):
-        stale.unlink(missing_ok=True)
-    full = dbt_build(cli, root / "dbt-full.log", limit_s)
+    after_full = root / "fleet-after-full.duckdb"
+
+    def fresh_duckdb() -> None:
+        remove_duckdb(duckdb_path)
+        point(current, initial)
+
+    def after_full_build() -> None:  # every update starts from the same full build
+        remove_duckdb(duckdb_path)
+        shutil.copyfile(after_full, duckdb_path)
+        point(current, updated)
+
+    fulls = timed_builds(cli, "full build", root / "dbt-full.log", limit_s, repeat, fresh_duckdb)
+    full = median_run(fulls)
     if full.nodes:
         print(f"   dbt project: {full.nodes}", flush=True)
-    report_build("full build", full)
-    if not full.finished:
+    if not all(run.finished for run in fulls):
         print("   one-day update: not run (the full build did not finish)", flush=True)
-        return Outcome(size, sizes, floor_s, full, None)
-    point(current, updated)
-    update = dbt_build(cli, root / "dbt-update.log", limit_s)
-    report_build("one-day update", update)
-    unchanged = dbt_build(cli, root / "dbt-unchanged.log", limit_s) if update.ok else None
-    if unchanged is not None:
-        report_build("build with nothing new", unchanged)
-    if verify and unchanged is not None and unchanged.ok:
+        return Outcome(size, sizes, floor_s, fulls, [])
+    remove_duckdb(after_full)
+    shutil.copyfile(duckdb_path, after_full)  # not timed: the state every update starts from
+    updates = timed_builds(
+        cli, "one-day update", root / "dbt-update.log", limit_s, repeat, after_full_build
+    )
+    unchanged: list[BuildRun] = []
+    if all(run.ok for run in updates):
+        unchanged = timed_builds(
+            cli, "build with nothing new", root / "dbt-unchanged.log", limit_s, repeat
+        )
+    remove_duckdb(after_full)
+    if verify and unchanged and all(run.ok for run in unchanged):
         check_against_full_build(cli, root, duckdb_path, limit_s)
-    return Outcome(size, sizes, floor_s, full, update, unchanged)
+    return Outcome(size, sizes, floor_s, fulls, updates, unchanged)
+
+
+def remove_duckdb(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + ".wal")):
+        stale.unlink(missing_ok=True)
+
+
+def timed_builds(
+    cli: Any,
+    name: str,
+    log: Path,
+    limit_s: float,
+    repeat: int,
+    prepare: Callable[[], None] | None = None,
+) -> list[BuildRun]:
+    """`repeat` timed builds, each after `prepare` (not timed); stops at one that fails."""
+    runs: list[BuildRun] = []
+    for n in range(repeat):
+        if prepare is not None:
+            prepare()
+        run = dbt_build(cli, log.with_name(f"{log.stem}-{n + 1}{log.suffix}"), limit_s)
+        runs.append(run)
+        report_build(name if repeat == 1 else f"{name} {n + 1}/{repeat}", run)
+        if not run.ok:
+            break
+    return runs
+
+
+def median_run(runs: list[BuildRun]) -> BuildRun:
+    """The run of median wall time (the lower middle of an even count)."""
+    return sorted(runs, key=lambda r: r.wall_s)[(len(runs) - 1) // 2]
 
 
 def check_against_full_build(cli: Any, root: Path, built: Path, limit_s: float) -> None:
@@ -486,6 +548,17 @@ def print_outcome(o: Outcome) -> None:
             + ("" if run.ok else f"  ({run.status()})")
         )
     print(f"   {'floor: COUNT(*) over the raw lake':34} {o.floor_s:8.2f}")
+    if max(len(o.fulls), len(o.updates), len(o.unchanged_runs)) > 1:
+        samples = "; ".join(
+            f"{name} " + " / ".join(f"{r.wall_s:.1f}" for r in runs)
+            for name, runs in (
+                ("full", o.fulls),
+                ("update", o.updates),
+                ("nothing new", o.unchanged_runs),
+            )
+            if runs
+        )
+        print(f"   every run, wall s (the table shows each's median): {samples}")
     ratio, met = verdict(o)
     if ratio is None:
         print(f"   update / full: unknown (a build did not finish); goal <= {GOAL:.2f}: unknown")
@@ -544,7 +617,16 @@ def main() -> None:
         help="after the timed builds, build the updated lake from scratch and check that the "
         "incrementally updated DuckDB holds exactly the same models",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="time each build this many times and report the median run (every update "
+        "starts from a copy of the same full build; the machine is shared and noisy)",
+    )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     names = [n.strip() for n in args.sizes.split(",") if n.strip()]
     unknown = [n for n in names if n not in SIZES]
     if unknown:
@@ -554,7 +636,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="facts-bench-") as tmp:
         base = Path(args.keep).resolve() if args.keep else Path(tmp)
         for name in names:
-            outcome = run_size(SIZES[name], base / name, args.build_limit * 60, args.verify)
+            outcome = run_size(
+                SIZES[name], base / name, args.build_limit * 60, args.verify, args.repeat
+            )
             print_outcome(outcome)
             outcomes.append(outcome)
     if len(outcomes) > 1:
