@@ -35,6 +35,25 @@
     {{ return(run_query(query).columns[0].values() | list) }}
 {% endmacro %}
 
+{#- `days` (YYYY-MM-DD strings) and the `margin` days either side of each, sorted; none (all
+    days) stays none. -#}
+{% macro days_around(days, margin=1) %}
+    {%- if days is none -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set around = [] -%}
+    {%- for day in days -%}
+        {%- set base = modules.datetime.date.fromisoformat(day) -%}
+        {%- for shift in range(-margin, margin + 1) -%}
+            {%- set near = (base + modules.datetime.timedelta(days=shift)).isoformat() -%}
+            {%- if near not in around -%}
+                {%- do around.append(near) -%}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endfor -%}
+    {{ return(around | sort) }}
+{% endmacro %}
+
 {#- A filter on a relation with a `day` column: only the days to build (`true` when all). -#}
 {% macro days_filter(days, column='day') -%}
     {%- if days is none -%} true

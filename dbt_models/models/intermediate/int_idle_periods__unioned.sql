@@ -21,7 +21,7 @@ with conformed as (
 
 final as (
     select * from conformed
-    union all select * from {{ ref('int_kt1__idle_periods') }}
+    union all select * exclude (day) from {{ ref('int_kt1__idle_periods') }}
     union all select * exclude (day) from {{ ref('int_metrotec__idle_periods') }}
     union all select * from {{ ref('int_autopi__idle_periods') }}
     -- sources: union all select * from ref('int_<source>__idle_periods')

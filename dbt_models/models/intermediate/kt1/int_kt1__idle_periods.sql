@@ -8,8 +8,21 @@
 --   is put at the midpoint (the unbiased guess at the report interval's resolution). A silence
 --   of over 5 minutes ends a run at the report itself, so a device that stops reporting does
 --   not stretch a period.
--- A table: downstream models and tests read it many times.
-{{ config(materialized='table') }}
+--
+-- Incremental by day (macros/lake_days.sql): a build redoes the periods starting on the UTC
+-- days whose telemetry, events or trips the staging tables re-read, and on the day either
+-- side, from the telemetry of those days and one more either side; a change in which assets
+-- send idling events redoes every day. A period over 24 h long (or in a trip that began over
+-- a day before it) whose far end lands in a changed day is left to a full refresh.
+{%- set inputs = ['stg_kt1__telemetry', 'stg_kt1__events', 'stg_kt1__trips'] %}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='sync_all_columns',
+    pre_hook="{{ upstream_days_delete(" ~ inputs ~ ", kt1_idle_evidence_check()) }}",
+    post_hook="{{ upstream_days_record(" ~ inputs ~ ", kt1_idle_evidence_check()) }}",
+) }}
+{%- set days = upstream_days_to_build(inputs, kt1_idle_evidence_check()) %}
 
 {%- set min_idle_s = 60 %}
 {%- set max_gap_s = 300 %}
@@ -46,6 +59,7 @@ telemetry as (
         address
     from {{ ref('stg_kt1__telemetry') }}
     anti join event_assets using (asset_id)
+    where {{ days_filter(days_around(days)) }}
 ),
 
 flagged as (
@@ -113,9 +127,10 @@ trips as (
 ),
 
 long_enough as (
-    select *
+    select *, cast(started_at at time zone 'UTC' as date) as day
     from periods
     where date_diff('millisecond', started_at, ended_at) >= {{ min_idle_s }} * 1000
+        and {{ days_filter(days, "cast(started_at at time zone 'UTC' as date)") }}
 ),
 
 -- The trip a period starts in (a trip without an end is still going): the latest-started such
@@ -161,7 +176,8 @@ final as (
         periods.lon,
         periods.address,
         case when periods.in_latest_trip then periods.latest_trip_id else earlier_trip.trip_id end
-            as trip_id
+            as trip_id,
+        periods.day
     from latest_trip as periods
     left join earlier_trip
         on earlier_trip.asset_id = periods.asset_id
