@@ -11,7 +11,12 @@ are gone before dbt runs), then:
   runs again on that DuckDB file;
 * build with nothing new: the same `dbt build` once more, no lake change: what any build costs
   (dbt's start-up, parse, and its per-node work over every model and test);
+* dbt start-up: the same `dbt build` selecting no node (start-up, partial parse, exit), the
+  least any dbt build of this project costs here;
 * floor: DuckDB's time for one plain COUNT(*) over every raw table of the lake.
+
+With --repeat N each build is timed N times (every update from a copy of the same full build)
+and the median run is reported.
 
 dbt runs as the `fleet_dbt_models` asset runs it (DbtCliResource, `build` with the asset's
 default run config, a fresh target path per invocation seeded with the parse of the warm-up,
@@ -286,6 +291,7 @@ class Outcome:
     fulls: list[BuildRun]
     updates: list[BuildRun]  # none when the full build did not finish
     unchanged_runs: list[BuildRun] = field(default_factory=list)  # dbt's fixed cost
+    start_up_s: float | None = None  # a build selecting no node: dbt's own floor
 
     @property
     def full(self) -> BuildRun:
@@ -372,9 +378,24 @@ def run_size(
             cli, "build with nothing new", root / "dbt-unchanged.log", limit_s, repeat
         )
     remove_duckdb(after_full)
+    start_up_s = dbt_start_up(cli, root / "dbt-start-up.log", repeat)
+    print(f"   dbt start-up (a build that selects no node): {start_up_s:.1f}s", flush=True)
     if verify and unchanged and all(run.ok for run in unchanged):
         check_against_full_build(cli, root, duckdb_path, limit_s)
-    return Outcome(size, sizes, floor_s, fulls, updates, unchanged)
+    return Outcome(size, sizes, floor_s, fulls, updates, unchanged, start_up_s)
+
+
+def dbt_start_up(cli: Any, log: Path, repeat: int) -> float:
+    """Median wall time of the same `dbt build` selecting no node: dbt's start-up, partial
+    parse and exit, the least any build of this project costs on this machine."""
+    walls = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        with log.open("w") as sink, contextlib.redirect_stdout(sink):
+            args = [*dbt_build_args(FactsBuildConfig()), "--select", "fleet_bench_no_such_node"]
+            cli.cli(args, raise_on_error=False).wait()
+        walls.append(time.perf_counter() - started)
+    return sorted(walls)[(len(walls) - 1) // 2]
 
 
 def remove_duckdb(path: Path) -> None:
@@ -548,6 +569,11 @@ def print_outcome(o: Outcome) -> None:
             + ("" if run.ok else f"  ({run.status()})")
         )
     print(f"   {'floor: COUNT(*) over the raw lake':34} {o.floor_s:8.2f}")
+    if o.start_up_s is not None:
+        print(
+            f"   {'dbt start-up (build of no node)':34} {o.start_up_s:8.1f}"
+            f"   = {o.start_up_s / o.full.wall_s:.2f} of the full build: no dbt build costs less"
+        )
     if max(len(o.fulls), len(o.updates), len(o.unchanged_runs)) > 1:
         samples = "; ".join(
             f"{name} " + " / ".join(f"{r.wall_s:.1f}" for r in runs)
@@ -565,7 +591,7 @@ def print_outcome(o: Outcome) -> None:
     else:
         assert o.update is not None and o.update.dbt_s and o.full.dbt_s
         print(
-            f"   update / full = {ratio:.2f} (dbt-reported {o.update.dbt_s / o.full.dbt_s:.2f}); "
+            f"   update / full = {ratio:.3f} (dbt-reported {o.update.dbt_s / o.full.dbt_s:.3f}); "
             f"goal <= {GOAL:.2f}: {met}. full / floor = {o.full.wall_s / o.floor_s:.0f}x"
         )
     print(
