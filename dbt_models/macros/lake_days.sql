@@ -260,3 +260,17 @@
         {%- endfor %}
     {%- endif -%}
 {% endmacro %}
+
+{#- config() of a model incremental by day over staging ledgers: `inputs`, the staging models
+    it reads by day; `checks`, the name of a macro returning its whole-input fingerprints
+    (e.g. 'metrotec_fuel_setup_check'), if any. -#}
+{% macro upstream_days_config(inputs, checks=none) %}
+    {%- set checks_call = checks ~ '()' if checks else '{}' -%}
+    {{ config(
+        materialized='incremental',
+        incremental_strategy='append',
+        on_schema_change='sync_all_columns',
+        pre_hook="{{ upstream_days_delete(" ~ inputs ~ ", " ~ checks_call ~ ") }}",
+        post_hook="{{ upstream_days_record(" ~ inputs ~ ", " ~ checks_call ~ ") }}",
+    ) }}
+{% endmacro %}

@@ -15,13 +15,7 @@
 -- send idling events redoes every day. A period over 24 h long (or in a trip that began over
 -- a day before it) whose far end lands in a changed day is left to a full refresh.
 {%- set inputs = ['stg_kt1__telemetry', 'stg_kt1__events', 'stg_kt1__trips'] %}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='sync_all_columns',
-    pre_hook="{{ upstream_days_delete(" ~ inputs ~ ", kt1_idle_evidence_check()) }}",
-    post_hook="{{ upstream_days_record(" ~ inputs ~ ", kt1_idle_evidence_check()) }}",
-) }}
+{{ upstream_days_config(inputs, 'kt1_idle_evidence_check') }}
 {%- set days = upstream_days_to_build(inputs, kt1_idle_evidence_check()) %}
 
 {%- set min_idle_s = 60 %}

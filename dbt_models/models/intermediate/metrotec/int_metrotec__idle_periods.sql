@@ -7,13 +7,7 @@
 -- and trips are read only around those stops (a stop over 24 h long, or inside a trip that
 -- began over a day before it, is left to a full refresh).
 {%- set inputs = ['stg_metrotec__stops', 'stg_metrotec__fuel_levels', 'stg_metrotec__routelog'] %}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='sync_all_columns',
-    pre_hook="{{ upstream_days_delete(" ~ inputs ~ ") }}",
-    post_hook="{{ upstream_days_record(" ~ inputs ~ ") }}",
-) }}
+{{ upstream_days_config(inputs) }}
 {%- set days = upstream_days_to_build(inputs) %}
 
 with stops as (

@@ -14,13 +14,7 @@
 -- the rebuilt trips' time span: a reading outside a trip's 6 h reach is never used.
 -- depends_on: {{ ref('stg_metrotec__vehicles') }}
 {%- set inputs = ['stg_metrotec__routelog', 'stg_metrotec__fuel_levels', 'stg_metrotec__refuels'] %}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='sync_all_columns',
-    pre_hook="{{ upstream_days_delete(" ~ inputs ~ ", metrotec_fuel_setup_check()) }}",
-    post_hook="{{ upstream_days_record(" ~ inputs ~ ", metrotec_fuel_setup_check()) }}",
-) }}
+{{ upstream_days_config(inputs, 'metrotec_fuel_setup_check') }}
 {%- set days = upstream_days_to_build(inputs, metrotec_fuel_setup_check()) %}
 
 with trips as (
