@@ -21,21 +21,8 @@
 {%- set min_idle_s = 60 %}
 {%- set max_gap_s = 300 %}
 
-with events as (
-    select
-        source_vehicle_id as asset_id,
-        source_event_id,
-        try_cast(json_extract_string(details, '$.dateStart') as timestamptz) as started_at,
-        try_cast(json_extract_string(details, '$.dateEnd') as timestamptz) as ended_at,
-        lat,
-        lon,
-        address
-    from {{ ref('stg_kt1__events') }}
-    where event_class = 'idle' and event_type = 'idling'
-),
-
-measured as (
-    select * from events where started_at is not null and ended_at > started_at
+with measured as (
+    {{ kt1_measured_idling() }}
 ),
 
 event_assets as (
