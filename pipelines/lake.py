@@ -27,6 +27,23 @@ PARTITION_KEY = "day"
 
 COMPRESSION = "zstd"
 
+QUARANTINE_TABLE = "quarantine"
+"""Every source keeps input it could not land as `<source>/quarantine/day=D/<unit>.parquet`:
+beside the source's tables, never inside one (table folders hold only that table's rows)."""
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),  # the raw table the row was meant for
+        pa.field("reason", pa.string(), nullable=False),  # one line: what is wrong with it
+        pa.field("field", pa.string()),  # the offending field, when one is to blame
+        pa.field("value", pa.string()),  # that field's raw value, as text
+        pa.field("payload", pa.string(), nullable=False),  # the whole input row, as JSON text
+        pa.field("quarantined_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+"""The columns every quarantine file starts with; a source may add its own context after them
+(kt1's batch id and item index, Metrotec's vehicle id, AutoPi's line number)."""
+
 STALE_TEMP_SECONDS = 3600.0
 """A temp file untouched this long is abandoned: a live writer keeps touching its file."""
 
@@ -169,6 +186,23 @@ class Lake:
             for day in wanted
         }
 
+    def write_quarantine(
+        self, source: str, day: date, name: str, rows: pa.Table
+    ) -> WriteResult | None:
+        """Make `rows` the quarantine of one landing unit (a day of a backfill, a kt1 group, an
+        AutoPi trip) on `day`, the day the rows would have landed on (else the landing day).
+
+        Named like the unit's data file, so landing the unit again replaces its quarantine; with
+        no rows, a quarantine left by an earlier landing of the unit is removed instead.
+        """
+        missing = [f.name for f in QUARANTINE_SCHEMA if f.name not in rows.schema.names]
+        if missing:
+            raise ValueError(f"{source} quarantine rows lack the columns {missing}")
+        if rows.num_rows == 0:
+            self.remove_file(source, QUARANTINE_TABLE, day, name)
+            return None
+        return self.write_file(source, QUARANTINE_TABLE, day, name, rows)
+
     # ---- reads --------------------------------------------------------------------------
 
     def read(self, source: str, table: str) -> pa.Table:
@@ -182,6 +216,19 @@ class Lake:
         if not parts:
             return pa.table({PARTITION_KEY: pa.array([], pa.date32())})
         return pa.concat_tables(parts, promote_options="permissive")
+
+
+def quarantine_table(
+    records: Iterable[dict[str, object]],
+    quarantined_at: datetime,
+    extra: Iterable[pa.Field] = (),
+) -> pa.Table:
+    """Quarantine rows (`table`, `reason`, `field`, `value`, `payload`, plus `extra` columns) in
+    the one quarantine schema, all stamped `quarantined_at`."""
+    schema = pa.schema([*QUARANTINE_SCHEMA, *extra])
+    return pa.Table.from_pylist(
+        [{**r, "quarantined_at": quarantined_at} for r in records], schema=schema
+    )
 
 
 # ---- helpers ------------------------------------------------------------------------------

@@ -14,8 +14,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pipelines import __version__
 
 
-class MissingCredentialError(RuntimeError):
+class SettingError(RuntimeError):
+    """A setting a source needs is missing or invalid; the message is the one line a user needs:
+    the variable, its value (never a secret's), what is expected, and which asset needs it."""
+
+
+class MissingCredentialError(SettingError):
     """A source's credential is not configured; the message names the variable and the asset."""
+
+
+class InvalidSettingError(SettingError):
+    """A setting has a value its source cannot use."""
 
 
 class RateLimitSpec:
