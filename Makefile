@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 dev: $(STAMP)
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/fleet dev
 
 dev-sim: $(STAMP)
 	$(BIN)/fleet dev --simulate

@@ -39,22 +39,25 @@ def _print_env(env: dict[str, str]) -> None:
 
 
 def _ensure_dagster_home(home: Path) -> None:
-    """A persistent instance so the UI shows the demo's runs, with the kt1 drain limits."""
+    """A persistent instance so the UI shows the demo's runs, with the settings every instance
+    of this project needs (run monitoring, pools). A `dagster.yaml` this command wrote earlier
+    is brought up to date; one a user wrote is left alone (loading the code reports what it
+    lacks)."""
+    from pipelines.runs import instance_yaml
+
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(
-            "# Run, event and schedule storage in SQLite beside this file (the defaults).\n"
-            "# Two kt1 drains must never run at once: they would fight over one queue.\n"
-            "concurrency:\n"
-            "  pools:\n"
-            "    default_limit: 1\n"
-            "  runs:\n"
-            "    tag_concurrency_limits:\n"
-            "      - key: fleet/queue\n"
-            "        value: kt1\n"
-            "        limit: 1\n"
-        )
+    ours = ("# Written by fleet-pipelines", "# Run, event and schedule storage in SQLite")
+    if not config.exists() or config.read_text().startswith(ours):
+        config.write_text(instance_yaml())
+
+
+def cmd_dagster_yaml(args: argparse.Namespace) -> int:
+    """Print the `dagster.yaml` settings every Dagster instance running this project needs."""
+    from pipelines.runs import instance_yaml
+
+    print(instance_yaml(), end="")
+    return 0
 
 
 # --- fleet simulate ---------------------------------------------------------------------------
@@ -418,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--simulate", action="store_true", help="against a live simulator")
     dev.add_argument("--days", type=int, default=14)
     dev.set_defaults(func=cmd_dev)
+
+    dagster_yaml = sub.add_parser(
+        "dagster-yaml", help="print the dagster.yaml settings this project needs"
+    )
+    dagster_yaml.set_defaults(func=cmd_dagster_yaml)
 
     hook = sub.add_parser("webhook", help="receive AutoPi trip_export_finished signals")
     hook.add_argument("--host", default="127.0.0.1")

@@ -7,6 +7,7 @@ from dagster import DailyPartitionsDefinition, Definitions, EnvVar
 from pipelines.checks import build_raw_checks
 from pipelines.dbt import build_dbt_assets, build_facts_automation_sensor, dbt_resource
 from pipelines.resources import LakeResource
+from pipelines.runs import check_instance, fleet_executor
 from pipelines.settings import FleetSettings, get_settings, load_env_file
 from pipelines.sources.autopi.assets import build_autopi_defs
 from pipelines.sources.autopi.resources import AutoPiResource
@@ -70,9 +71,11 @@ def build_defs(settings: FleetSettings | None = None) -> Definitions:
             asset_checks=build_raw_checks(),
             sensors=[build_facts_automation_sensor(dbt_models)],
             resources=build_resources(settings),
+            executor=fleet_executor,
         ),
     )
 
 
 load_env_file()
+check_instance()
 defs = build_defs()
