@@ -1,11 +1,19 @@
 """The one HTTP stack of every vendor client: session, retry policy, and a sliding-window
 rate limiter shared by every process on the machine (a SQLite ledger of request slots).
+
+A hung or failing vendor must fail a run in minutes, visibly: timeouts and a time budget bound
+the retries of each request, every retry is a WARNING line, and the final error says how many
+attempts were made over how long. Errors and logs name paths only (no query strings, headers,
+bodies or tokens), and a vendor's HTML error page is summarised by its title, never quoted.
 """
 
 from __future__ import annotations
 
+import html
 import logging
+import math
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -14,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -24,6 +32,15 @@ from pipelines import __version__
 log = logging.getLogger(__name__)
 
 DEFAULT_USER_AGENT = f"fleet-pipelines/{__version__}"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_READ_TIMEOUT_S = 30.0
+"""Long enough for any answer but a long poll (whose caller passes its own), short enough that
+a hung API costs a few attempts of it, not minutes each."""
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_RETRY_BUDGET_S = 150.0
+"""Attempts plus back-off waits of one request; with the default read timeout a hung API
+fails in under 3 minutes (the last attempt may start just inside the budget)."""
+ERROR_SUMMARY_CHARS = 120
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_ERRORS = (
     requests.ConnectionError,
@@ -34,17 +51,48 @@ TRANSIENT_ERRORS = (
 
 
 class VendorAPIError(RuntimeError):
-    """A vendor answered with an error we must not retry (or ran out of retries)."""
+    """A vendor answered with an error we must not retry (or ran out of retries).
+
+    The message is one line. Given `attempts`, it says how many were made and over how long
+    (`elapsed_s`), so a failed run tells a burst of 503s from a single refusal; `note` says
+    why retrying stopped early (the time budget).
+    """
 
     def __init__(
-        self, vendor: str, status: int | None, code: str, message: str, where: str
+        self,
+        vendor: str,
+        status: int | None,
+        code: str,
+        message: str,
+        where: str,
+        *,
+        attempts: int | None = None,
+        elapsed_s: float | None = None,
+        note: str = "",
     ) -> None:
         self.vendor = vendor
         self.status = status
         self.code = code
         self.vendor_message = message
+        self.where = where
+        self.attempts = attempts
+        self.elapsed_s = elapsed_s
         status_text = f"HTTP {status}" if status is not None else "no response"
-        super().__init__(f"{vendor} API {where} failed: {status_text} {code}: {message}".strip())
+        after = ""
+        if attempts is not None:
+            plural = "" if attempts == 1 else "s"
+            after = f" after {attempts} attempt{plural} in {_seconds(elapsed_s or 0.0)}"
+        detail = " ".join(part for part in (status_text, code) if part)
+        if message:
+            detail = f"{detail}: {message}"
+        text = f"{vendor} API {where} failed{after}: {detail}"
+        if note:
+            text = f"{text}; {note}"
+        super().__init__(" ".join(text.split()))
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s" if value < 10 else f"{value:.0f}s"
 
 
 # --- rate limiting ------------------------------------------------------------------------
@@ -179,12 +227,34 @@ class SlidingWindowLimiter:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """429 honours Retry-After; 5xx and broken connections back off exponentially with jitter."""
+    """429 honours Retry-After; 5xx and broken connections back off exponentially with jitter.
 
-    max_attempts: int = 6
+    Retrying stops after `max_attempts`, or sooner when the next wait would take one request
+    past `budget_s` (its attempts plus the waits between them; time queued on the rate limiter
+    does not count, since that is our own pacing, not the vendor failing).
+    """
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     retry_after_cap_s: float = 300.0
+    budget_s: float = DEFAULT_RETRY_BUDGET_S
+
+    @classmethod
+    def bounded(cls, max_attempts: int | None = None, budget_s: float | None = None) -> RetryPolicy:
+        """The default policy with an operator's bounds; None keeps a default.
+
+        Raises ValueError (one line) for bounds that would never send a request or never stop.
+        """
+        attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
+        budget = DEFAULT_RETRY_BUDGET_S if budget_s is None else budget_s
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"max_attempts must be a whole number >= 1, got {max_attempts!r}")
+        if isinstance(budget, bool) or not (
+            isinstance(budget, int | float) and math.isfinite(budget) and budget > 0
+        ):
+            raise ValueError(f"budget_s must be a positive number of seconds, got {budget_s!r}")
+        return cls(max_attempts=attempts, budget_s=float(budget))
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [base, min(cap, base * 2**attempt)]."""
@@ -247,18 +317,55 @@ def make_session(
 
 ErrorParser = Callable[[requests.Response], tuple[str, str]]
 
+_TITLE = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_HEADING = re.compile(r"<(h[1-6])\b[^>]*>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
+_HTML_MARK = re.compile(r"<(?:!doctype\s+html|html|head|body|title|h[1-6])\b", re.IGNORECASE)
+_HIDDEN = re.compile(
+    r"<!--.*?-->|<(script|style|head)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL
+)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _plain(text: str, limit: int = ERROR_SUMMARY_CHARS) -> str:
+    """Markup-free, whitespace-collapsed, at most `limit` characters."""
+    text = _TAG.sub(" ", html.unescape(_TAG.sub(" ", text)))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def summarize_error_body(response: requests.Response) -> str:
+    """A non-JSON error body as one short line, never the body itself.
+
+    An HTML page (a proxy's 502, a login wall) is named by its `<title>`, else its first
+    heading, else the start of its visible text; any other text by its first non-empty line.
+    """
+    text = (response.text or "")[:65536]
+    content_type = response.headers.get("Content-Type", "").lower()
+    if "html" in content_type or _HTML_MARK.search(text[:4096]):
+        title = _TITLE.search(text)
+        if title and (found := _plain(title.group(1))):
+            return found
+        heading = _HEADING.search(text)
+        if heading and (found := _plain(heading.group(2))):
+            return found
+        return _plain(_HIDDEN.sub(" ", text)) or "an HTML error page"
+    for line in text.splitlines():
+        if found := _plain(line):
+            return found
+    return ""
+
 
 def parse_json_error(response: requests.Response) -> tuple[str, str]:
     """(code, message) from the vendors' JSON error shapes, never the raw body.
 
     `{"error": {"code", "message"}}` (AVL), `{"detail", "code"}` (AutoPi, DRF),
-    `{"statusCode", "error", "message"}` (kt1), `{"error", "message"}` (Metrotec).
+    `{"statusCode", "error", "message"}` (kt1), `{"error", "message"}` (Metrotec). A body
+    that is not JSON (a proxy's HTML page) is summarised by `summarize_error_body`.
     """
     try:
         body = response.json()
     except ValueError:
-        text = (response.text or "").strip().splitlines()
-        return response.reason or "", (text[0][:200] if text else "")
+        return response.reason or "", summarize_error_body(response)
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict):
@@ -269,11 +376,50 @@ def parse_json_error(response: requests.Response) -> tuple[str, str]:
     return response.reason or "", str(body)[:200]
 
 
+Timeout = float | tuple[float, float]
+"""(connect, read) seconds, or one number: the read timeout, with connect at most 10 s."""
+
+
+def as_timeout(value: Timeout) -> tuple[float, float]:
+    """(connect, read) seconds from either form; ValueError for anything not positive."""
+    if isinstance(value, tuple):
+        connect, read = value
+    else:
+        read = value
+        connect = min(DEFAULT_CONNECT_TIMEOUT_S, read)
+    for seconds in (connect, read):
+        if isinstance(seconds, bool) or not (
+            isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0
+        ):
+            raise ValueError(f"HTTP timeout must be positive seconds, got {value!r}")
+    return float(connect), float(read)
+
+
+class WarningLog(Protocol):
+    """Where retries are reported: a `logging.Logger`, or Dagster's `context.log`."""
+
+    def warning(self, msg: str, /) -> None: ...
+
+
+def _where(method: str, path: str) -> str:
+    """`METHOD /path` for errors and logs: a query string a caller left in `path` is dropped."""
+    return f"{method} /{path.lstrip('/').split('?', 1)[0]}"
+
+
+def _failure_text(exc: BaseException, timeout: tuple[float, float]) -> str:
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"no connection within {timeout[0]:g}s"
+    if isinstance(exc, requests.ReadTimeout):
+        return f"no answer within {timeout[1]:g}s"
+    return "connection failed"
+
+
 class ApiClient:
     """Base of the vendor clients: one session, the retry policy, the shared limiter, stats.
 
     Vendor modules subclass it, add their auth headers and typed methods, and never see a
-    retry loop or a rate limit.
+    retry loop or a rate limit. `timeout` and `retry` bound how long a failing vendor can hold
+    a run; `log` receives one WARNING line per retry (default: this module's logger).
     """
 
     vendor = "HTTP"
@@ -284,20 +430,22 @@ class ApiClient:
         *,
         limiter: SlidingWindowLimiter | None = None,
         retry: RetryPolicy | None = None,
-        timeout: tuple[float, float] = (10.0, 120.0),
+        timeout: Timeout = (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S),
         user_agent: str = DEFAULT_USER_AGENT,
         headers: Mapping[str, str] | None = None,
         error_parser: ErrorParser = parse_json_error,
         sleep: Callable[[float], None] = time.sleep,
+        log: WarningLog | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
         self.retry = retry or RetryPolicy()
-        self.timeout = timeout
+        self.timeout = as_timeout(timeout)
         self.session = make_session(user_agent, headers)
         self.stats = RequestStats()
         self._parse_error = error_parser
         self._sleep = sleep
+        self._log: WarningLog = log if log is not None else logging.getLogger(__name__)
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
@@ -309,6 +457,29 @@ class ApiClient:
         self.stats.rate_limit_wait_s += slot.waited_s
         return slot
 
+    def _stop_retrying(
+        self, attempt: int, spent_s: float, delay: float, *, retry_after: bool = False
+    ) -> str | None:
+        """None to retry after `delay`; otherwise why not ("" once every attempt is used)."""
+        if attempt >= self.retry.max_attempts:
+            return ""
+        left = self.retry.budget_s - spent_s
+        if delay <= left:
+            return None
+        if retry_after:
+            return (
+                f"Retry-After {_seconds(delay)} is past the retry budget "
+                f"({_seconds(max(left, 0.0))} of {self.retry.budget_s:g}s left)"
+            )
+        return f"a retry in {_seconds(delay)} would pass the {self.retry.budget_s:g}s retry budget"
+
+    def _log_retry(self, where: str, failure: str, attempt: int, delay: float, verb: str) -> None:
+        wait = f"{delay:.2f}s" if delay < 1 else f"{delay:.1f}s"
+        self._log.warning(
+            f"{self.vendor} {where}: {failure}, attempt {attempt + 1} of "
+            f"{self.retry.max_attempts}, {verb} in {wait}"
+        )
+
     def request(
         self,
         method: str,
@@ -318,7 +489,7 @@ class ApiClient:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
-        timeout: tuple[float, float] | None = None,
+        timeout: Timeout | None = None,
         passthrough: Collection[int] = (),
         passthrough_if: Callable[[requests.Response], bool] | None = None,
     ) -> requests.Response:
@@ -326,14 +497,17 @@ class ApiClient:
 
         `passthrough_if`, when given, must also accept a `passthrough` response for it to be
         handed back; one it refuses gets the usual policy (e.g. a 500 that is not the vendor's
-        "empty" answer is retried). Only paths are ever put in errors and logs: no query
-        strings, headers or bodies.
+        "empty" answer is retried). `timeout` overrides the client's for this request (a long
+        poll). Only paths are ever put in errors and logs: no query strings, headers or bodies.
         """
-        where = f"{method} /{path.lstrip('/')}"
+        where = _where(method, path)
+        limits = as_timeout(timeout) if timeout is not None else self.timeout
+        spent = 0.0  # attempts plus back-off waits: what the retry budget bounds
         attempt = 0
         while True:
             attempt += 1
             slot = self._acquire()
+            started = time.monotonic()
             try:
                 self.stats.requests += 1
                 response = self.session.request(
@@ -343,27 +517,32 @@ class ApiClient:
                     json=json,
                     headers=headers,
                     stream=stream,
-                    timeout=timeout or self.timeout,
+                    timeout=limits,
                 )
             except TRANSIENT_ERRORS as exc:
+                spent += time.monotonic() - started
                 if slot.limiter:
                     slot.limiter.release(slot)
-                if attempt >= self.retry.max_attempts:
-                    raise VendorAPIError(
-                        self.vendor, None, type(exc).__name__, "connection failed", where
-                    ) from None
+                failure = type(exc).__name__
                 delay = self.retry.backoff(attempt)
-                log.warning(
-                    "%s %s: %s, retry %d in %.1fs",
-                    self.vendor,
-                    where,
-                    type(exc).__name__,
-                    attempt,
-                    delay,
-                )
+                why = self._stop_retrying(attempt, spent, delay)
+                if why is not None:
+                    raise VendorAPIError(
+                        self.vendor,
+                        None,
+                        failure,
+                        _failure_text(exc, limits),
+                        where,
+                        attempts=attempt,
+                        elapsed_s=spent,
+                        note=why,
+                    ) from None
+                self._log_retry(where, failure, attempt, delay, "retrying")
                 self.stats.retries += 1
                 self._sleep(delay)
+                spent += delay
                 continue
+            spent += time.monotonic() - started
             if slot.limiter:
                 slot.limiter.release(slot)
             status = response.status_code
@@ -376,22 +555,35 @@ class ApiClient:
                 return response
             if status == 429:
                 self.stats.http_429 += 1
-            if status in RETRYABLE_STATUSES and attempt < self.retry.max_attempts:
+            why = ""
+            if status in RETRYABLE_STATUSES:
+                asked = status == 429 and bool(response.headers.get("Retry-After"))
                 delay = (
                     self.retry.retry_after(response, attempt)
                     if status == 429
                     else self.retry.backoff(attempt)
                 )
-                log.warning(
-                    "%s %s: HTTP %d, retry %d in %.1fs", self.vendor, where, status, attempt, delay
-                )
-                response.close()
-                self.stats.retries += 1
-                self._sleep(delay)
-                continue
+                why = self._stop_retrying(attempt, spent, delay, retry_after=asked)
+                if why is None:
+                    self._log_retry(where, f"HTTP {status}", attempt, delay, "retrying")
+                    response.close()
+                    self.stats.retries += 1
+                    self._sleep(delay)
+                    spent += delay
+                    continue
             code, message = self._parse_error(response)
             response.close()
-            raise VendorAPIError(self.vendor, status, code, message, where)
+            gave_up = status in RETRYABLE_STATUSES or attempt > 1
+            raise VendorAPIError(
+                self.vendor,
+                status,
+                code,
+                message,
+                where,
+                attempts=attempt if gave_up else None,
+                elapsed_s=spent if gave_up else None,
+                note=why,
+            )
 
     def get_json(self, path: str, **kwargs: Any) -> Any:
         response = self.request("GET", path, **kwargs)
@@ -403,7 +595,7 @@ class ApiClient:
                 response.status_code,
                 "BAD_JSON",
                 "response body is not JSON",
-                f"GET /{path}",
+                _where("GET", path),
             ) from None
 
     def close(self) -> None:
@@ -423,8 +615,11 @@ class ApiClient:
         with `Range` + `If-Range` when the server advertised `Accept-Ranges: bytes` and a
         validator, else fetched again from the start, under the same retry policy and limiter
         as every request. On return `dest` holds exactly one complete body; otherwise it raises.
+        Only `max_attempts` bounds the body attempts: a large body may rightly take longer than
+        the retry budget (each request inside still has its own budget and timeouts).
         """
-        where = f"GET /{path.lstrip('/')}"
+        where = _where("GET", path)
+        started = time.monotonic()
         written = 0
         validator: str | None = None  # strong ETag or Last-Modified of the body being resumed
         attempt = 0
@@ -464,17 +659,22 @@ class ApiClient:
             finally:
                 response.close()
             if attempt >= self.retry.max_attempts:
-                raise VendorAPIError(self.vendor, None, failure, "download incomplete", where)
+                raise VendorAPIError(
+                    self.vendor,
+                    None,
+                    failure,
+                    "download incomplete",
+                    where,
+                    attempts=attempt,
+                    elapsed_s=time.monotonic() - started,
+                )
             delay = self.retry.backoff(attempt)
-            log.warning(
-                "%s %s: body cut at %d bytes (%s), %s %d in %.1fs",
-                self.vendor,
+            self._log_retry(
                 where,
-                written,
-                failure,
-                "resume" if written and validator else "retry",
+                f"body cut at {written} bytes ({failure})",
                 attempt,
                 delay,
+                "resuming" if written and validator else "retrying",
             )
             self.stats.retries += 1
             self._sleep(delay)
