@@ -3,6 +3,8 @@
 Three auth headers, parameter validation, a per-tenant sliding-window rate limit answering
 429 RATE_LIMITED, offset paging with `meta.total`, offset-less local timestamps, the
 `idle_min` stop threshold and `duration_min` filter, and rows without `trip_start`.
+`AvlServer.report_faults` provokes what a real tenant sends now and then: a stale or
+non-numeric `meta.total`, and bad values in chosen rows.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -39,6 +41,31 @@ class AvlRow:
 
     sort_key: tuple[datetime, str]
     body: dict[str, object]
+
+
+@dataclass
+class ReportFaults:
+    """Faults in the report's content (the transport's are `SimServer.faults`).
+
+    `values` maps a row's (device_name, trip_start) as the API would send it to fields to
+    send instead, e.g. `{("Truck A-101", "2026-03-30T09:15:00"): {"fuel": "12,5"}}`; a float
+    NaN or infinity goes out as JSON `NaN` / `Infinity`, as some servers write them.
+    """
+
+    stale_first_total: int | None = None  # `meta.total` of offset-0 pages: a cached, older count
+    total_text: str | None = None  # `meta.total` of every page, e.g. "many"
+    values: dict[tuple[str, str], dict[str, object]] = field(default_factory=dict)
+
+    def apply(self, body: dict[str, object]) -> dict[str, object]:
+        changes = self.values.get((str(body["device_name"]), str(body["trip_start"])))
+        return {**body, **changes} if changes else body
+
+    def total(self, real: int, offset: int) -> object:
+        if self.total_text is not None:
+            return self.total_text
+        if self.stale_first_total is not None and offset == 0:
+            return self.stale_first_total
+        return real
 
 
 def _parse_local(value: str | None) -> datetime | None:
@@ -81,6 +108,7 @@ class AvlServer(SimServer):
         self._window: deque[float] = deque()
         self._window_lock = threading.Lock()
         self.rate_limited = 0
+        self.report_faults = ReportFaults()
         super().__init__(host, port)
         self._rows = lru_cache(maxsize=64)(self._rows_uncached)
 
@@ -129,13 +157,18 @@ class AvlServer(SimServer):
             return self.error(400, "VALIDATION_ERROR", problem)
         start, end, devices, idle_min, duration_min, limit, offset = query
         rows = self._rows(start, end, devices, idle_min, duration_min, self._cache_bucket())
-        page = [r.body for r in rows[offset : offset + limit]]
+        faults = self.report_faults
+        page = [faults.apply(r.body) for r in rows[offset : offset + limit]]
         return Response(
             200,
             {
                 "success": True,
                 "data": page,
-                "meta": {"total": len(rows), "limit": limit, "offset": offset},
+                "meta": {
+                    "total": faults.total(len(rows), offset),
+                    "limit": limit,
+                    "offset": offset,
+                },
             },
         )
 
@@ -220,8 +253,7 @@ class AvlServer(SimServer):
         finished = last.ended_at <= now
         distance = sum(t.distance_km for t in group)
         idle_s = sum(t.idle_s for t in group) + sum(
-            (b.started_at - a.ended_at).total_seconds()
-            for a, b in itertools.pairwise(group)
+            (b.started_at - a.ended_at).total_seconds() for a, b in itertools.pairwise(group)
         )
         end_at = last.ended_at
         if not finished:  # in progress: what the device has reported so far, no end yet

@@ -154,7 +154,45 @@ def test_client_reads_every_page_with_the_minimum_requests(avl_sim: AvlServer) -
     rows = [r for page in client.iter_trip_pages(window) for r in page.rows]
     expected = avl_sim.expected_rows(window.startdate, window.enddate)
     assert rows == expected
-    assert client.stats.requests == -(-len(expected) // 100)
+    # Paging ends on a short page: rows // 100 + 1 requests (= ceil(rows/100) unless a multiple).
+    assert len(expected) % 100 and client.stats.requests == len(expected) // 100 + 1
+
+
+def _client(server: AvlServer) -> AvlClient:
+    return AvlClient(
+        server.url, token=server.token, api_key=server.api_key, tenant=server.tenant, limiter=None
+    )
+
+
+def test_a_stale_meta_total_on_the_first_page_does_not_end_paging(avl_sim: AvlServer) -> None:
+    window = plan_windows([date(2026, 3, 1) + timedelta(days=i) for i in range(10)], TALLINN)[0]
+    expected = avl_sim.expected_rows(window.startdate, window.enddate)
+    assert len(expected) > 200
+    avl_sim.report_faults.stale_first_total = 100  # cached before the later trips arrived
+    client = _client(avl_sim)
+    pages = list(client.iter_trip_pages(window))
+    assert [r for p in pages for r in p.rows] == expected
+    assert pages[0].total == 100 and pages[-1].total == len(expected)
+    assert client.stats.requests == len(expected) // 100 + 1
+
+
+def test_a_meta_total_that_is_not_a_number_is_ignored_not_fatal(avl_sim: AvlServer) -> None:
+    window = plan_windows([date(2026, 3, 1) + timedelta(days=i) for i in range(10)], TALLINN)[0]
+    avl_sim.report_faults.total_text = "many"
+    pages = list(_client(avl_sim).iter_trip_pages(window))
+    assert [r for p in pages for r in p.rows] == avl_sim.expected_rows(
+        window.startdate, window.enddate
+    )
+    assert all(p.total is None and p.total_untrusted for p in pages)
+
+
+def test_bad_values_are_sent_as_configured_including_json_nan(avl_sim: AvlServer) -> None:
+    row = avl_sim.expected_rows(datetime(2026, 3, 2), datetime(2026, 3, 2, 23, 59, 59))[0]
+    key = (row["device_name"], row["trip_start"])
+    avl_sim.report_faults.values[key] = {"fuel": float("nan"), "kms": float("inf")}
+    params = {"startdate": "2026-03-02T00:00:00", "enddate": "2026-03-02T23:59:59", "limit": 1}
+    text = _get(avl_sim, params).text
+    assert '"fuel":NaN' in text and '"kms":Infinity' in text
 
 
 def test_client_sends_device_batches_as_a_comma_list(avl_sim: AvlServer) -> None:

@@ -79,9 +79,24 @@ def device_batches(devices: Sequence[str]) -> list[list[str] | None]:
 
 @dataclass(frozen=True)
 class TripsPage:
-    rows: list[dict[str, Any]]
-    total: int
+    """One page of the report, and what its `meta` claimed."""
+
+    rows: list[Any]
+    total: int | None  # `meta.total` when it is an integer; None when absent or not one
     offset: int
+    limit: int  # rows a full page holds: what we asked, or less when `meta.limit` says so
+    total_untrusted: bool = False  # `meta.total` was sent but is not an integer ("many")
+
+
+def _integer(value: Any) -> int | None:
+    """A JSON integer (or integral number) as int; anything else (text, bool, null) is None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 class AvlClient(ApiClient):
@@ -139,9 +154,24 @@ class AvlClient(ApiClient):
             raise VendorAPIError(
                 self.vendor, 200, "BAD_RESPONSE", "success is not true", f"GET /{TRIPS_PATH}"
             )
-        rows = body.get("data") or []
-        meta = body.get("meta") or {}
-        return TripsPage(rows=list(rows), total=int(meta.get("total", len(rows))), offset=offset)
+        rows = body.get("data")
+        if rows is None:
+            rows = []
+        if not isinstance(rows, list):
+            raise VendorAPIError(
+                self.vendor, 200, "BAD_RESPONSE", "data is not a list", f"GET /{TRIPS_PATH}"
+            )
+        meta = body.get("meta")
+        meta = meta if isinstance(meta, dict) else {}
+        total = _integer(meta.get("total"))
+        echoed = _integer(meta.get("limit"))
+        return TripsPage(
+            rows=rows,
+            total=total,
+            offset=offset,
+            limit=echoed if echoed is not None and 0 < echoed < limit else limit,
+            total_untrusted=meta.get("total") is not None and total is None,
+        )
 
     def iter_trip_pages(
         self,
@@ -151,8 +181,18 @@ class AvlClient(ApiClient):
         idle_min: int = 0,
         duration_min: int = 0,
     ) -> Iterator[TripsPage]:
-        """Page with limit=100 until `meta.total` rows are read: ceil(total/100) requests."""
+        """Page with limit=100 until a page comes back short (fewer rows than a full page) or
+        empty, whatever `meta.total` claims.
+
+        `meta.total` does not end paging: a first page served from the API's 5-minute cache can
+        claim fewer rows than the later pages hold, and stopping there lands a day incomplete.
+        The cost: a window whose rows are an exact multiple of 100 takes one more request, an
+        empty page, so the minimum is Σ (rows // 100 + 1) over windows instead of ⌈rows/100⌉.
+        A full page that repeats the previous one means the API ignores `offset`: that fails
+        rather than paging forever.
+        """
         offset = 0
+        previous: list[Any] | None = None
         while True:
             page = self.trips_page(
                 startdate=window.startdate,
@@ -162,7 +202,16 @@ class AvlClient(ApiClient):
                 duration_min=duration_min,
                 offset=offset,
             )
+            if page.rows and page.rows == previous:
+                raise VendorAPIError(
+                    self.vendor,
+                    200,
+                    "BAD_PAGING",
+                    f"offset {offset} returned the same rows as the previous page",
+                    f"GET /{TRIPS_PATH}",
+                )
             yield page
-            offset += len(page.rows)
-            if not page.rows or offset >= page.total:
+            if len(page.rows) < page.limit:
                 return
+            offset += len(page.rows)
+            previous = page.rows
