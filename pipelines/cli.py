@@ -152,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # A short long-poll so the kt1 drain ends promptly once the queue is empty.
     with start_all(world, kt1_long_poll_s=1.0) as sims:
         os.environ.update(sims.env())
-        os.environ["FLEET_START_DATE"] = min(first, get_settings().fleet_start_date).isoformat()
+        os.environ["FLEET_START_DATE"] = min(first, get_settings().start_date.value).isoformat()
         # Metrotec states no rate limit and the pipeline paces itself at 5/s; the demo at 20/s.
         os.environ["METROTEC_RATE_LIMIT"] = "20/1"
         os.environ["KT1_DRAIN_SECONDS"] = "60"  # the drain stops as soon as the queue is empty

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
-from functools import cached_property
 from pathlib import Path
+from typing import Any, Generic, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import load_dotenv
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines import __version__
@@ -31,7 +35,7 @@ class RateLimitSpec:
     """`N/SECONDS`: at most N requests in any sliding window of SECONDS."""
 
     def __init__(self, max_requests: int, window_s: float) -> None:
-        if max_requests < 1 or window_s <= 0:
+        if max_requests < 1 or not (0 < window_s < math.inf):
             raise ValueError(
                 f"rate limit must be N/SECONDS with N>=1, SECONDS>0: {max_requests}/{window_s}"
             )
@@ -50,19 +54,90 @@ class RateLimitSpec:
         return f"{self.max_requests}/{self.window_s:g}"
 
 
+DEFAULT_START_DATE = date(2024, 1, 1)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Parsed(Generic[T]):
+    """A setting parsed from its text: the value, or (with the default in its place) the one
+    line that says what is wrong with it."""
+
+    value: T
+    error: str | None = None
+
+    @classmethod
+    def of(
+        cls, variable: str, text: str, parse: Callable[[str], T], expected: str, default: T
+    ) -> Parsed[T]:
+        try:
+            return cls(parse(text.strip()))
+        except (ValueError, TypeError, ArithmeticError, ZoneInfoNotFoundError):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            return cls(default, f"{variable}={shown!r} is not {expected}")
+
+
+def first_error(*parsed: Parsed[Any]) -> str | None:
+    """The problems of several settings as one line (None when all parsed)."""
+    errors = [p.error for p in parsed if p.error]
+    return "; ".join(errors) if errors else None
+
+
+def _iso_date(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def whole_number(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def time_zone(text: str) -> str:
+    if not text:
+        raise ValueError(text)
+    ZoneInfo(text)  # raises ZoneInfoNotFoundError (or ValueError for a malformed key)
+    return text
+
+
+def rate_limit(text: str) -> str:
+    RateLimitSpec.parse(text)
+    return text
+
+
 def load_env_file(path: str | Path = ".env") -> None:
     """Make `.env` visible to `EnvVar` too; the shell environment wins, as in pydantic-settings."""
     load_dotenv(path, override=False)
 
 
 class FleetSettings(BaseSettings):
-    """Every variable of DESIGN §3, typed, with its default."""
+    """Every variable the project reads, as the raw text it was given, with its default.
+
+    Values that need parsing stay text here and are parsed by the source that uses them
+    (`Parsed`), so one bad value fails that source's runs with one line while every other
+    asset, and `fleet sql`, keep working.
+    """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     fleet_lake_dir: Path = Path("./data/lake")
     fleet_duckdb_path: Path = Path("./data/fleet.duckdb")
-    fleet_start_date: date = date(2024, 1, 1)
+    fleet_start_date: str = DEFAULT_START_DATE.isoformat()
     # Where the machine-wide rate-limit ledger lives (one SQLite file shared by every process).
     fleet_ratelimit_db: Path = Field(
         default_factory=lambda: (
@@ -72,33 +147,33 @@ class FleetSettings(BaseSettings):
         )
     )
 
+    # Every vendor request: read timeout, attempts and total retry budget (see pipelines.http).
+    fleet_http_read_timeout_s: str = "30"
+    fleet_http_max_attempts: str = "6"
+    fleet_http_retry_budget_s: str = "150"
+
     avl_base_url: str | None = None
-    avl_token: SecretStr | None = None
-    avl_api_key: SecretStr | None = None
     avl_tenant: str | None = None
     avl_devices: str = ""
     avl_timezone: str = "UTC"
-    avl_idle_min: int = 0
-    avl_duration_min: int = 0
+    avl_idle_min: str = "0"
+    avl_duration_min: str = "0"
     avl_rate_limit: str = "10/60"
 
     autopi_base_url: str | None = None
-    autopi_token: SecretStr | None = None
     autopi_webhook_secret: SecretStr | None = None
 
     kt1_base_url: str | None = None
-    kt1_token: SecretStr | None = None
-    kt1_drain_seconds: float = 240
+    kt1_drain_seconds: str = "240"
 
     metrotec_base_url: str | None = None
     metrotec_username: str | None = None
-    metrotec_password: SecretStr | None = None
     metrotec_api_version: str = "1.1.0"
     metrotec_user_agent: str = f"fleet-pipelines/{__version__}"
-    # Metrotec states no limit; be polite. Paths are relative to METROTEC_BASE_URL (DESIGN §2).
+    # Metrotec states no limit; be polite. Paths are relative to METROTEC_BASE_URL.
     metrotec_rate_limit: str = "5/1"
-    metrotec_window_days: int = 31
-    metrotec_token_refresh_margin_s: float = 60.0
+    metrotec_window_days: str = "31"
+    metrotec_token_refresh_margin_s: str = "60"
     metrotec_path_login: str = "login"
     metrotec_path_vehicles: str = "vehicles"
     metrotec_path_routelog: str = "routelog"
@@ -106,19 +181,45 @@ class FleetSettings(BaseSettings):
     metrotec_path_refuels: str = "fuel/refuels"
     metrotec_path_fuel_levels: str = "fuel/levels"
 
-    @field_validator("avl_rate_limit")
-    @classmethod
-    def _valid_rate(cls, value: str) -> str:
-        RateLimitSpec.parse(value)
-        return value
-
-    @cached_property
-    def avl_rate(self) -> RateLimitSpec:
-        return RateLimitSpec.parse(self.avl_rate_limit)
+    @property
+    def start_date(self) -> Parsed[date]:
+        """FLEET_START_DATE; a bad value falls back to the default for loading and fails the
+        daily-partitioned assets (which need it) when they run."""
+        return Parsed.of(
+            "FLEET_START_DATE",
+            self.fleet_start_date,
+            _iso_date,
+            "a date YYYY-MM-DD",
+            DEFAULT_START_DATE,
+        )
 
     @property
-    def avl_device_ids(self) -> list[str]:
-        return [d.strip() for d in self.avl_devices.split(",") if d.strip()]
+    def http(self) -> tuple[Parsed[float], Parsed[int], Parsed[float]]:
+        """(read timeout, max attempts, retry budget) of every vendor client."""
+        seconds = "a number of seconds > 0"
+        return (
+            Parsed.of(
+                "FLEET_HTTP_READ_TIMEOUT_S",
+                self.fleet_http_read_timeout_s,
+                positive_seconds,
+                seconds,
+                30.0,
+            ),
+            Parsed.of(
+                "FLEET_HTTP_MAX_ATTEMPTS",
+                self.fleet_http_max_attempts,
+                positive_int,
+                "a whole number >= 1",
+                6,
+            ),
+            Parsed.of(
+                "FLEET_HTTP_RETRY_BUDGET_S",
+                self.fleet_http_retry_budget_s,
+                positive_seconds,
+                seconds,
+                150.0,
+            ),
+        )
 
     @property
     def lake_dir(self) -> Path:
@@ -132,6 +233,12 @@ class FleetSettings(BaseSettings):
 def get_settings() -> FleetSettings:
     """Fresh settings each call: tests and the demo change the environment between runs."""
     return FleetSettings()
+
+
+def check(error: str | None, asset: str) -> None:
+    """Fail a source's use with the one line naming its bad setting(s), if any."""
+    if error:
+        raise InvalidSettingError(f"{error} (needed by {asset})")
 
 
 def require(value: str | SecretStr | None, variable: str, asset: str) -> str:

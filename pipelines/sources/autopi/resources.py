@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource
 from pydantic import Field
 
-from pipelines.settings import require
+from pipelines.resources import SourceResource, secret
+from pipelines.settings import FleetSettings, first_error, require
 from pipelines.sources.autopi.client import AutoPiClient
 
 
-class AutoPiResource(ConfigurableResource):
-    """AutoPi cloud API settings (DESIGN §3); the token arrives through `EnvVar`."""
+class AutoPiResource(SourceResource):
+    """AutoPi cloud API settings; the token arrives through `EnvVar`."""
 
     base_url: str | None = None
     token: str | None = None
@@ -22,8 +22,21 @@ class AutoPiResource(ConfigurableResource):
         ),
     )
 
+    @classmethod
+    def from_settings(cls, settings: FleetSettings) -> AutoPiResource:
+        http, http_parsed = cls.http_settings(settings)
+        return cls(
+            **http,
+            base_url=settings.autopi_base_url,
+            token=secret("AUTOPI_TOKEN"),
+            setting_error=first_error(*http_parsed),
+        )
+
     def client(self, asset: str) -> AutoPiClient:
-        """Raises `MissingCredentialError` naming the first unset variable."""
+        """Raises `SettingError` naming the first unset or invalid variable."""
+        self.check_settings(asset)
         base_url = require(self.base_url, "AUTOPI_BASE_URL", asset)
         token = require(self.token, "AUTOPI_TOKEN", asset)
-        return AutoPiClient(base_url, token=token)
+        return AutoPiClient(
+            base_url, token=token, retry=self.retry_policy(), timeout=self.http_read_timeout_s
+        )

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from dagster import ConfigurableResource
-
-from pipelines.resources import make_limiter
-from pipelines.settings import require
+from pipelines.resources import SourceResource, make_limiter, secret
+from pipelines.settings import (
+    FleetSettings,
+    Parsed,
+    first_error,
+    rate_limit,
+    require,
+    time_zone,
+    whole_number,
+)
 from pipelines.sources.avl.client import AvlClient
 
 
-class AvlResource(ConfigurableResource):
-    """AVL Trips Report settings (DESIGN §3); secrets arrive through `EnvVar`."""
+class AvlResource(SourceResource):
+    """AVL Trips Report settings; secrets arrive through `EnvVar`."""
 
     base_url: str | None = None
     token: str | None = None
@@ -25,6 +31,43 @@ class AvlResource(ConfigurableResource):
     rate_limit: str = "10/60"
     ratelimit_db: str
 
+    @classmethod
+    def from_settings(cls, settings: FleetSettings) -> AvlResource:
+        """Parse the AVL variables; a bad one (or a bad FLEET_START_DATE, which the daily
+        partitions need) is carried to the asset's runs instead of failing the code location."""
+        timezone = Parsed.of(
+            "AVL_TIMEZONE",
+            settings.avl_timezone,
+            time_zone,
+            "an IANA time zone (e.g. UTC, Europe/Tallinn)",
+            "UTC",
+        )
+        minutes = "a whole number of minutes >= 0"
+        idle_min = Parsed.of("AVL_IDLE_MIN", settings.avl_idle_min, whole_number, minutes, 0)
+        duration_min = Parsed.of(
+            "AVL_DURATION_MIN", settings.avl_duration_min, whole_number, minutes, 0
+        )
+        rate = Parsed.of(
+            "AVL_RATE_LIMIT", settings.avl_rate_limit, rate_limit, "N/SECONDS (e.g. 10/60)", "10/60"
+        )
+        http, http_parsed = cls.http_settings(settings)
+        return cls(
+            **http,
+            base_url=settings.avl_base_url,
+            token=secret("AVL_TOKEN"),
+            api_key=secret("AVL_API_KEY"),
+            tenant=settings.avl_tenant,
+            devices=settings.avl_devices,
+            timezone=timezone.value,
+            idle_min=idle_min.value,
+            duration_min=duration_min.value,
+            rate_limit=rate.value,
+            ratelimit_db=str(settings.fleet_ratelimit_db),
+            setting_error=first_error(
+                settings.start_date, timezone, idle_min, duration_min, rate, *http_parsed
+            ),
+        )
+
     @property
     def device_ids(self) -> list[str]:
         return [d.strip() for d in self.devices.split(",") if d.strip()]
@@ -34,7 +77,8 @@ class AvlResource(ConfigurableResource):
         return ZoneInfo(self.timezone)
 
     def client(self, asset: str) -> AvlClient:
-        """Raises `MissingCredentialError` naming the first unset variable."""
+        """Raises `SettingError` naming the first unset or invalid variable."""
+        self.check_settings(asset)
         base_url = require(self.base_url, "AVL_BASE_URL", asset)
         token = require(self.token, "AVL_TOKEN", asset)
         api_key = require(self.api_key, "AVL_API_KEY", asset)
@@ -43,4 +87,12 @@ class AvlResource(ConfigurableResource):
         limiter = make_limiter(
             f"avl|{base_url.rstrip('/')}|{tenant}", self.rate_limit, self.ratelimit_db
         )
-        return AvlClient(base_url, token=token, api_key=api_key, tenant=tenant, limiter=limiter)
+        return AvlClient(
+            base_url,
+            token=token,
+            api_key=api_key,
+            tenant=tenant,
+            limiter=limiter,
+            retry=self.retry_policy(),
+            timeout=self.http_read_timeout_s,
+        )

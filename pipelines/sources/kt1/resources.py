@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource
 from pydantic import Field
 
-from pipelines.settings import require
+from pipelines.resources import SourceResource, secret
+from pipelines.settings import FleetSettings, Parsed, first_error, positive_seconds, require
 from pipelines.sources.kt1.client import REDELIVERY_S, SERVER_LONG_POLL_S, Kt1Client
 from pipelines.sources.kt1.drain import DEFAULT_GROUP_MAX_BATCHES
 
 
-class Kt1Resource(ConfigurableResource):
-    """HTTP Export Task settings (DESIGN §3); the token arrives through `EnvVar`.
+class Kt1Resource(SourceResource):
+    """HTTP Export Task settings; the token arrives through `EnvVar`.
 
     `long_poll_s` and `redelivery_s` are the server's documented 45 s and 2 min; change them
     only for a server that behaves differently (the simulator in tests).
@@ -24,6 +24,25 @@ class Kt1Resource(ConfigurableResource):
     redelivery_s: float = Field(default=REDELIVERY_S, gt=0)
     group_max_batches: int = Field(default=DEFAULT_GROUP_MAX_BATCHES, ge=1)
 
+    @classmethod
+    def from_settings(cls, settings: FleetSettings) -> Kt1Resource:
+        """Parse the kt1 variables; a bad one is carried to the drain's runs."""
+        drain = Parsed.of(
+            "KT1_DRAIN_SECONDS",
+            settings.kt1_drain_seconds,
+            positive_seconds,
+            "a number of seconds > 0",
+            240.0,
+        )
+        http, http_parsed = cls.http_settings(settings)
+        return cls(
+            **http,
+            base_url=settings.kt1_base_url,
+            token=secret("KT1_TOKEN"),
+            drain_seconds=drain.value,
+            setting_error=first_error(drain, *http_parsed),
+        )
+
     @property
     def group_max_age_s(self) -> float:
         """Hold a group at most a sixth of the redelivery window: even after one more long
@@ -32,7 +51,11 @@ class Kt1Resource(ConfigurableResource):
         return self.redelivery_s / 6
 
     def client(self, asset: str) -> Kt1Client:
-        """Raises `MissingCredentialError` naming the first unset variable."""
+        """Raises `SettingError` naming the first unset or invalid variable."""
+        self.check_settings(asset)
         base_url = require(self.base_url, "KT1_BASE_URL", asset)
         token = require(self.token, "KT1_TOKEN", asset)
-        return Kt1Client(base_url, token=token, long_poll_s=self.long_poll_s)
+        # The read timeout is the client's own: it must outlast the server's long poll.
+        return Kt1Client(
+            base_url, token=token, long_poll_s=self.long_poll_s, retry=self.retry_policy()
+        )

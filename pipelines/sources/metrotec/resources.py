@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource, EnvVar
-
-from pipelines.resources import make_limiter
-from pipelines.settings import FleetSettings, require
+from pipelines.resources import SourceResource, make_limiter, secret
+from pipelines.settings import (
+    FleetSettings,
+    InvalidSettingError,
+    Parsed,
+    first_error,
+    positive_int,
+    positive_seconds,
+    rate_limit,
+    require,
+)
 from pipelines.sources.metrotec.client import (
     DEFAULT_REFRESH_MARGIN_S,
     MAX_WINDOW_DAYS,
@@ -16,8 +23,8 @@ from pipelines.sources.metrotec.client import (
 _PATHS = MetrotecPaths()
 
 
-class MetrotecResource(ConfigurableResource):
-    """Metrotec settings (DESIGN §3 plus METROTEC_RATE_LIMIT, _WINDOW_DAYS and _PATH_*).
+class MetrotecResource(SourceResource):
+    """Metrotec settings (the contract's plus METROTEC_RATE_LIMIT, _WINDOW_DAYS and _PATH_*).
 
     The password arrives through `EnvVar`; the username is not a secret but is only ever sent
     in the login body.
@@ -40,17 +47,43 @@ class MetrotecResource(ConfigurableResource):
     path_fuel_levels: str = _PATHS.fuel_levels
 
     @classmethod
-    def from_settings(cls, settings: FleetSettings, *, password: EnvVar | None) -> MetrotecResource:
+    def from_settings(cls, settings: FleetSettings) -> MetrotecResource:
+        """Parse the Metrotec variables; a bad one (or a bad FLEET_START_DATE, which the daily
+        partitions need) is carried to Metrotec's runs instead of failing the code location."""
+        rate = Parsed.of(
+            "METROTEC_RATE_LIMIT",
+            settings.metrotec_rate_limit,
+            rate_limit,
+            "N/SECONDS (e.g. 5/1)",
+            "5/1",
+        )
+        window = Parsed.of(
+            "METROTEC_WINDOW_DAYS",
+            settings.metrotec_window_days,
+            _window_days,
+            f"a whole number of days 1..{MAX_WINDOW_DAYS}",
+            MAX_WINDOW_DAYS,
+        )
+        margin = Parsed.of(
+            "METROTEC_TOKEN_REFRESH_MARGIN_S",
+            settings.metrotec_token_refresh_margin_s,
+            positive_seconds,
+            "a number of seconds > 0",
+            DEFAULT_REFRESH_MARGIN_S,
+        )
+        http, http_parsed = cls.http_settings(settings)
         return cls(
+            **http,
             base_url=settings.metrotec_base_url,
             username=settings.metrotec_username,
-            password=password,
+            password=secret("METROTEC_PASSWORD"),
             api_version=settings.metrotec_api_version,
             user_agent=settings.metrotec_user_agent,
-            rate_limit=settings.metrotec_rate_limit,
+            rate_limit=rate.value,
             ratelimit_db=str(settings.fleet_ratelimit_db),
-            window_days=settings.metrotec_window_days,
-            token_refresh_margin_s=settings.metrotec_token_refresh_margin_s,
+            window_days=window.value,
+            token_refresh_margin_s=margin.value,
+            setting_error=first_error(settings.start_date, rate, window, margin, *http_parsed),
             path_login=settings.metrotec_path_login,
             path_vehicles=settings.metrotec_path_vehicles,
             path_routelog=settings.metrotec_path_routelog,
@@ -72,20 +105,24 @@ class MetrotecResource(ConfigurableResource):
 
     def checked_window_days(self) -> int:
         if not 1 <= self.window_days <= MAX_WINDOW_DAYS:
-            raise ValueError(
-                f"METROTEC_WINDOW_DAYS must be 1..{MAX_WINDOW_DAYS}, got {self.window_days}"
+            raise InvalidSettingError(
+                f"METROTEC_WINDOW_DAYS={self.window_days} is not a whole number of days "
+                f"1..{MAX_WINDOW_DAYS}"
             )
         return self.window_days
 
     def client(self, asset: str) -> MetrotecClient:
-        """Raises `MissingCredentialError` naming the first unset variable."""
+        """Raises `SettingError` naming the first unset or invalid variable."""
+        self.check_settings(asset)
         base_url = require(self.base_url, "METROTEC_BASE_URL", asset)
         username = require(self.username, "METROTEC_USERNAME", asset)
         password = require(self.password, "METROTEC_PASSWORD", asset)
         api_version = require(self.api_version, "METROTEC_API_VERSION", asset)
         user_agent = require(self.user_agent, "METROTEC_USER_AGENT", asset)
         if not (user_agent.isascii() and user_agent.isprintable()):
-            raise ValueError("METROTEC_USER_AGENT must be printable ASCII (the API asks for it)")
+            raise InvalidSettingError(
+                f"METROTEC_USER_AGENT is not printable ASCII, as the API asks (needed by {asset})"
+            )
         # One ledger key per account: every process pulling it shares METROTEC_RATE_LIMIT.
         limiter = make_limiter(
             f"metrotec|{base_url.rstrip('/')}|{username}", self.rate_limit, self.ratelimit_db
@@ -99,4 +136,13 @@ class MetrotecResource(ConfigurableResource):
             paths=self.paths,
             limiter=limiter,
             refresh_margin_s=self.token_refresh_margin_s,
+            retry=self.retry_policy(),
+            timeout=self.http_read_timeout_s,
         )
+
+
+def _window_days(text: str) -> int:
+    days = positive_int(text)
+    if days > MAX_WINDOW_DAYS:
+        raise ValueError(text)
+    return days
