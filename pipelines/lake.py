@@ -243,9 +243,15 @@ class ParquetStream:
     def __init__(self, final: Path, schema: pa.Schema, use_dictionary: bool | list[str]) -> None:
         self.final = final
         self.temp = temp_path(final)
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self.temp, schema, compression=COMPRESSION, use_dictionary=use_dictionary
-        )
+        try:
+            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+                self.temp, schema, compression=COMPRESSION, use_dictionary=use_dictionary
+            )
+        except BaseException:
+            # The writer creates the file before it writes its header: on a full disk the
+            # header fails and nothing else would remove the empty file.
+            self.temp.unlink(missing_ok=True)
+            raise
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:

@@ -486,3 +486,22 @@ def test_duckdb_reads_day_from_the_folder_and_never_sees_temp_files(lake: Lake) 
     ).fetchall()
 
     assert rows == [(d1, 1), (d2, 2)]
+
+
+def test_a_write_that_fails_at_its_first_byte_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
+    """A full disk fails the Parquet header: the temp file it had created must not stay."""
+    import pyarrow.parquet as pq
+
+    from pipelines import lake as lake_module
+
+    class FullDisk(pq.ParquetWriter):
+        def __init__(self, where, *args, **kwargs) -> None:
+            Path(where).write_bytes(b"")  # created, as the real writer does, then the disk is full
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lake_module.pq, "ParquetWriter", FullDisk)
+    lake = Lake(tmp_path)
+    with pytest.raises(OSError, match="No space left"):
+        lake.write_file("avl", "trips", date(2026, 1, 1), "data", pa.table({"x": [1]}))
+    left = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert left == []
