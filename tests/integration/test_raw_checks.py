@@ -35,9 +35,11 @@ from dagster import (
 
 from pipelines.checks import (
     FUEL_CHECK,
+    LAKE_DAYS_CHECK,
     ODOMETER_CHECK,
     OVERLAP_CHECK,
     RAW_CHECKS,
+    RAW_TABLES,
     build_raw_checks,
 )
 from pipelines.dbt import AUTOMATION_SENSOR, FACTS_FRESHNESS
@@ -444,8 +446,12 @@ def test_every_check_passes_on_a_lake_with_nothing_landed_yet(lake: Lake) -> Non
         selection=AssetSelection.all_asset_checks(),
     )
     evaluations = result.get_asset_check_evaluations()
-    assert result.success and len(evaluations) == len(RAW_CHECKS)
-    assert all(e.passed and e.description == "nothing landed yet" for e in evaluations)
+    assert result.success and len(evaluations) == len(RAW_CHECKS) + len(RAW_TABLES)
+    for e in evaluations:
+        landed = (
+            "nothing materialized yet" if e.check_name == LAKE_DAYS_CHECK else "nothing landed yet"
+        )
+        assert e.passed and e.description == landed
 
 
 def test_the_checks_of_a_real_kt1_drain_stay_quiet_on_clean_simulated_data(fleet_env) -> None:
@@ -466,14 +472,17 @@ def test_the_checks_of_a_real_kt1_drain_stay_quiet_on_clean_simulated_data(fleet
     evaluations = {
         (e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()
     }
+    lake_days = {(table, LAKE_DAYS_CHECK) for table in ("telemetry", "trips", "events", "changes")}
     assert set(evaluations) == {
         ("trips", OVERLAP_CHECK),
         ("telemetry", ODOMETER_CHECK),
         ("telemetry", FUEL_CHECK),
+        *lake_days,
     }
-    for evaluation in evaluations.values():
+    for key, evaluation in evaluations.items():
         assert evaluation.passed, evaluation.metadata
-        assert evaluation.metadata["checked"].value > 0
+        if key not in lake_days:
+            assert evaluation.metadata["checked"].value > 0
 
 
 # ---- Definitions, automation, freshness -------------------------------------------------------
@@ -499,6 +508,10 @@ def test_definitions_load_with_every_check_and_without_beta_or_deprecated_apis(f
         k for k in graph.asset_check_keys if k.name in (OVERLAP_CHECK, ODOMETER_CHECK, FUEL_CHECK)
     }
     assert registered == {AssetCheckKey(c.asset, c.name) for c in RAW_CHECKS}
+    lake_days = {k for k in graph.asset_check_keys if k.name == LAKE_DAYS_CHECK}
+    assert lake_days == {AssetCheckKey(t.key, LAKE_DAYS_CHECK) for t in RAW_TABLES}
+    raw = {k for k in graph.get_all_asset_keys() if k.path[0] == "raw"}
+    assert {k.asset_key for k in lake_days} == raw  # every raw table, none forgotten
 
 
 def test_dbt_models_are_automated_and_the_marts_carry_a_freshness_policy(defs: Definitions) -> None:
