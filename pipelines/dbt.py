@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
     AssetSelection,
     AssetSpec,
@@ -21,9 +22,13 @@ from dagster import (
     Config,
     DefaultSensorStatus,
     FreshnessPolicy,
+    MetadataValue,
+    Output,
 )
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from pipelines.checks import LAKE_DAYS_CHECK, describe_days, missing_lake_days
+from pipelines.lake import Lake
 from pipelines.sources.kt1.assets import ASSET_KEYS as KT1_KEYS
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_models"
@@ -197,9 +202,66 @@ def build_dbt_assets(lake_dir: Path, duckdb_path: Path) -> Any:
         context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig
     ) -> Iterator[Any]:
         os.environ.update(dbt_env(lake_dir, duckdb_path))
-        yield from dbt.cli(dbt_build_args(config), context=context).stream()
+        missing = warn_missing_lake_days(context, Lake(lake_dir))
+        events = dbt.cli(dbt_build_args(config), context=context).stream()
+        yield from with_missing_lake_days(context, events, missing)
 
     return fleet_dbt_models
+
+
+def warn_missing_lake_days(context: AssetExecutionContext, lake: Lake) -> dict[AssetKey, str]:
+    """Raw tables with landed days whose files are gone, each logged as one WARNING line.
+
+    Without this a deleted `day=` folder makes the facts shrink silently. The build goes on: the
+    days may have been deleted on purpose, and the tables' `lake_days_present` checks fail
+    until they are landed again. A failure to look is itself only a warning.
+    """
+    try:
+        found = missing_lake_days(context.instance, lake)
+    except Exception as exc:
+        context.log.warning(f"could not compare the lake's days with what was landed: {exc!r}")
+        return {}
+    for days in found:
+        context.log.warning(
+            f"{days.table.name}: {len(days.missing)} landed day(s) have no Parquet files, so "
+            f"this build leaves their rows out of the facts: {describe_days(days.missing)} "
+            f"(its {LAKE_DAYS_CHECK} check says how to land them again)"
+        )
+    return {days.table.key: describe_days(days.missing) for days in found}
+
+
+def with_missing_lake_days(
+    context: AssetExecutionContext, events: Iterable[Any], missing: Mapping[AssetKey, str]
+) -> Iterator[Any]:
+    """dbt's events, each model built from a raw table with missing days carrying them as
+    `missing_lake_days` metadata, so the gap shows on the facts' own materializations."""
+    if not missing:
+        yield from events
+        return
+    deps = {spec.key: {dep.asset_key for dep in spec.deps} for spec in context.assets_def.specs}
+    raw: dict[AssetKey, set[AssetKey]] = {}
+
+    def raw_ancestors(key: AssetKey) -> set[AssetKey]:
+        if key not in raw:
+            parents = deps.get(key, set())
+            raw[key] = (parents & missing.keys()).union(*map(raw_ancestors, parents))
+        return raw[key]
+
+    for event in events:
+        if isinstance(event, Output):
+            key = context.asset_key_for_output(event.output_name)
+        elif isinstance(event, AssetMaterialization):
+            key = event.asset_key
+        else:
+            yield event
+            continue
+        affected = sorted(raw_ancestors(key), key=lambda k: k.to_user_string())
+        if affected:
+            gaps = {k.to_user_string(): missing[k] for k in affected}
+            event = event.with_metadata(
+                {**event.metadata, "missing_lake_days": MetadataValue.json(gaps)}
+            )
+        yield event
 
 
 def build_facts_automation_sensor(
