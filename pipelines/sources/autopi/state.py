@@ -55,6 +55,15 @@ CREATE TABLE IF NOT EXISTS signals (
     rebroadcast INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS signals_task ON signals(task_id, received_at);
+-- One row per signal (task, trip, finished_at): a retry or replay is not a new signal. Ledgers
+-- written before this kept every copy; keep the latest of each once, then enforce it.
+DELETE FROM signals
+WHERE NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'signals_once')
+  AND id NOT IN (
+    SELECT max(id) FROM signals GROUP BY task_id, ifnull(trip_id, ''), ifnull(finished_at, '')
+  );
+CREATE UNIQUE INDEX IF NOT EXISTS signals_once
+    ON signals(task_id, ifnull(trip_id, ''), ifnull(finished_at, ''));
 CREATE TABLE IF NOT EXISTS datapoint_keys (
     key TEXT PRIMARY KEY,
     first_seen_at REAL NOT NULL,
@@ -217,13 +226,44 @@ class ExportLedger:
         trip_id: str | None = None,
         finished_at: str | None = None,
         rebroadcast: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Record a webhook signal once; True if the ledger took it, False for a repeat.
+
+        The same (task, trip, finished_at) again is a retry or a replay and changes nothing, so
+        a replayed body cannot grow the table. One exception keeps AutoPi's daily rebroadcast
+        meaningful: a rebroadcast arriving after our last look at the task (landing or 404)
+        says the export is still there (our clear did not take), so the signal's arrival time
+        moves forward and the sensor probes the task once more. A re-export comes with a new
+        `finished_at` and is a new signal.
+        """
+        now = time.time()
+        key = (task_id, trip_id or "", finished_at or "")
         with self._tx() as db:
+            row = db.execute(
+                "SELECT id, received_at FROM signals WHERE task_id = ?"
+                " AND ifnull(trip_id, '') = ? AND ifnull(finished_at, '') = ?",
+                key,
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO signals (received_at, task_id, trip_id, finished_at, rebroadcast)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (now, task_id, trip_id, finished_at, int(rebroadcast)),
+                )
+                return True
+            if not rebroadcast:
+                return False
+            look = db.execute(
+                "SELECT max(ifnull(landed_at, 0), ifnull(gone_at, 0)) FROM exports"
+                " WHERE task_id = ?",
+                (task_id,),
+            ).fetchone()
+            if look is None or row[1] > look[0]:
+                return False  # not looked at since: the sensor already treats it as waiting
             db.execute(
-                "INSERT INTO signals (received_at, task_id, trip_id, finished_at, rebroadcast)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (time.time(), task_id, trip_id, finished_at, int(rebroadcast)),
+                "UPDATE signals SET received_at = ?, rebroadcast = 1 WHERE id = ?", (now, row[0])
             )
+            return True
 
     def signals(self, since: float = 0.0) -> list[Signal]:
         with self._lock:
