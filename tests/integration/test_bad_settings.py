@@ -63,7 +63,8 @@ def test_a_bad_setting_fails_only_its_source_with_one_line(
         assert "(needed by raw/" in lines[0]
 
         # Another source, which does not use the variable, still runs.
-        other = [METROTEC_VEHICLES] if fails != [METROTEC_VEHICLES] else KT1
+        # (FLEET_START_DATE draws the daily partitions of AVL and Metrotec: both fail.)
+        other = KT1 if fails != KT1 else [METROTEC_VEHICLES]
         assert run(other).success
 
 
