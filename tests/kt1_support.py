@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
@@ -157,3 +159,78 @@ def identity(item: Any) -> tuple | None:
 
 def identities(items: Iterable[Any]) -> list[tuple | None]:
     return [identity(item) for item in items]
+
+
+# Values the pipeline validates when given, by item type, as paths in the item: timestamps, and
+# numbers (typed, or read by the models from item_json).
+CHECKED_NUMBERS = {
+    "telemetry": (
+        "location.lat", "location.lon", "location.speed", "location.altitude",
+        "location.heading", "location.accuracy", "counters.odometer", "counters.odo_counter",
+        "counters.engine_hours", "telemetry.fuel_level",
+    ),
+    "trip": (
+        "start.lat", "start.lon", "end.lat", "end.lon", "stats.driveTime", "stats.idleTime",
+        "stats.distance", "records", "maxes.speed",
+    ),
+    "event": (
+        "details.location.lat", "details.location.lon", "details.volume", "details.levelBefore",
+        "details.levelAfter",
+    ),
+}  # fmt: skip
+CHECKED_TIMES = {
+    "telemetry": ("date", "received"),
+    "trip": ("dateStart", "dateEnd"),
+    "event": ("eventDate", "details.dateStart", "details.dateEnd"),
+    "changenotification": ("date",),
+}
+
+
+def _at(item: dict, path: str) -> Any:
+    value: Any = item
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def bad_value(item: Any) -> tuple[str, str] | None:
+    """The test's own oracle of a value the pipeline must refuse: (field, value as text) of the
+    given timestamp that is not ISO-8601 or number that is not a finite number; None when there
+    is none (a missing id or date is `identity`'s business). Plain Python, independently of the
+    pipeline's SQL."""
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("type")
+    for path in CHECKED_TIMES.get(kind, ()):
+        value = _at(item, path)
+        if value not in (None, ""):
+            try:
+                _instant(value)
+            except ValueError:
+                return path, _as_text(value)
+    for path in CHECKED_NUMBERS.get(kind, ()):
+        value = _at(item, path)
+        if value in (None, ""):
+            continue
+        try:
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError
+        except (TypeError, ValueError):
+            return path, _as_text(value)
+    return None
+
+
+def lands(item: Any) -> bool:
+    """Whether the item belongs in its raw table (else in the quarantine)."""
+    return identity(item) is not None and bad_value(item) is None
+
+
+def item_of(row: dict[str, Any]) -> Any:
+    """The item a lake row was made from: a table row's item_json, a quarantine row's payload."""
+    return json.loads(row["item_json"] if "item_json" in row else row["payload"])

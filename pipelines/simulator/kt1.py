@@ -22,6 +22,13 @@ change notifications `(doc.id, doc.type, operation, date)`.
 
 Item availability follows the simulated `clock`; long poll and redelivery run on wall time,
 because they are transport behaviour, not data.
+
+Fault switches, besides the shared ones: `faults.malformed_rate` corrupts an item's shape (no
+or an unknown type, a required field gone); `bad_value_rate` (an attribute, or `bad_value_rate`
+in a `POST /_sim/faults` body) spoils one value of an item the way real emitters do, served raw:
+a `NaN` or `Infinity` number (not JSON, but what JavaScript and Python encoders write), a
+decimal comma in a string ("12,5"), or an unparseable date. Both pick items by content, so a
+redelivered item carries the same fault.
 """
 
 from __future__ import annotations
@@ -130,10 +137,12 @@ class Kt1Server(SimServer):
         redelivery_s: float = 120.0,
         batch_size: int = 100,
         telemetry_interval_s: float = 30.0,
+        bad_value_rate: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.world = world
+        self.bad_value_rate = bad_value_rate
         self.token = token
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.long_poll_s = long_poll_s
@@ -209,6 +218,21 @@ class Kt1Server(SimServer):
     def _stats(self, req: Request) -> Response:
         resp = super()._stats(req)
         resp.body["kt1"] = self.stats()
+        resp.body["faults"]["bad_value_rate"] = self.bad_value_rate
+        return resp
+
+    def _set_faults(self, req: Request) -> Response:
+        """The shared switches, plus this server's `bad_value_rate`."""
+        try:
+            changes = dict(req.json() or {})
+            if "bad_value_rate" in changes:
+                self.bad_value_rate = float(changes.pop("bad_value_rate"))
+        except (ValueError, TypeError) as exc:
+            return Response(400, {"error": str(exc)})
+        req.body = json.dumps(changes).encode()
+        resp = super()._set_faults(req)
+        if resp.status == 200:
+            resp.body["bad_value_rate"] = self.bad_value_rate
         return resp
 
     # --- queue mechanics (call with self._cond held) --------------------------------------
@@ -249,17 +273,22 @@ class Kt1Server(SimServer):
         return Response(200, body)
 
     def _malform(self, items: list[bytes]) -> list[bytes]:
-        """Corrupt the `malformed_rate` share of items, chosen by content so redeliveries match."""
-        rate = self.faults.malformed_rate
-        if rate <= 0:
+        """Corrupt the `malformed_rate` share of items and spoil a value of the
+        `bad_value_rate` share of the rest, chosen by content so redeliveries match."""
+        rate, bad_rate = self.faults.malformed_rate, self.bad_value_rate
+        if rate <= 0 and bad_rate <= 0:
             return items
         salt = zlib.crc32(str(self.faults.seed).encode())
         out = []
         for payload in items:
             roll = zlib.crc32(payload, salt)
+            bad_roll = zlib.crc32(payload, salt ^ 0x5BAD)
             if roll / 2**32 < rate:
                 out.append(_corrupt(payload, roll))
                 self.counters["malformed_items"] += 1
+            elif bad_roll / 2**32 < bad_rate:
+                out.append(_spoil(payload, bad_roll))
+                self.counters["bad_value_items"] += 1
             else:
                 out.append(payload)
         return out
@@ -672,6 +701,39 @@ def _corrupt(payload: bytes, roll: int) -> bytes:
         }.get(item.get("type", ""), "type")
         item.pop(required, None)
         item.pop("asset", None)
+    return _dumps(item).encode()
+
+
+# Where `_spoil` puts a bad number and a bad date in each item type (paths in the item).
+_SPOIL_NUMBER = {
+    "telemetry": ("location", "speed"),
+    "trip": ("stats", "distance"),
+    "event": ("details", "location", "lat"),
+}
+_SPOIL_DATE = {
+    "telemetry": ("date",),
+    "trip": ("dateEnd",),
+    "event": ("eventDate",),
+    "changenotification": ("date",),
+}
+BAD_NUMBERS = (math.nan, math.inf, "12,5")
+"""What a spoiled number becomes (the first two are written as the bare tokens NaN, Infinity)."""
+BAD_DATE = "31.02.2024 25:61"
+
+
+def _spoil(payload: bytes, roll: int) -> bytes:
+    """One value made unreadable: a number NaN, Infinity or "12,5", or a date that is no date
+    (items with no number to spoil get the bad date)."""
+    item = json.loads(payload)
+    kind = item.get("type", "")
+    choice = roll % 4
+    path = _SPOIL_NUMBER.get(kind) if choice < 3 else None
+    value: Any = BAD_NUMBERS[choice] if path else BAD_DATE
+    path = path or _SPOIL_DATE.get(kind, ("date",))
+    target = item
+    for key in path[:-1]:
+        target = target.setdefault(key, {})
+    target[path[-1]] = value
     return _dumps(item).encode()
 
 

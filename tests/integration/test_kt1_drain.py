@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from collections import Counter
@@ -15,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from dagster import (
+    AssetCheckSeverity,
     AssetKey,
     DagsterRunStatus,
     ExecuteInProcessResult,
@@ -24,7 +26,7 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import DagsterRun
 
-from pipelines.lake import Lake
+from pipelines.lake import QUARANTINE_SCHEMA, Lake
 from pipelines.simulator.httpd import Request, Response
 from pipelines.simulator.kt1 import Kt1Server, env
 from pipelines.sources.kt1.assets import QUEUE_TAG, summarize_drain
@@ -34,9 +36,12 @@ from pipelines.sources.kt1.extract import QUARANTINE, TABLE_OF_TYPE, TABLES
 from tests.kt1_support import (
     BEFORE_ANY_DATA,
     TOKEN,
+    bad_value,
     identities,
     identity,
+    item_of,
     lake_rows,
+    lands,
     metadata,
     run_drain,
     small_world,
@@ -88,7 +93,8 @@ class Witnessed:
 
 @pytest.fixture(scope="module")
 def witnessed(world, tmp_path_factory) -> Iterator[Witnessed]:
-    """One real drain of a stream with 4% malformed items, shared by the read-only tests."""
+    """One real drain of a stream with 4% malformed items and 4% spoiled values (NaN,
+    Infinity, "12,5", a date that is no date), shared by the read-only tests."""
     tmp = tmp_path_factory.mktemp("kt1-witnessed")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)
@@ -101,6 +107,7 @@ def witnessed(world, tmp_path_factory) -> Iterator[Witnessed]:
             world, server_class=DurabilityWitness, lake_dir=tmp / "lake", batch_size=25
         )
         server.faults.malformed_rate = 0.04
+        server.bad_value_rate = 0.04
         try:
             queued = server.pending()
             result = run_drain(server)
@@ -126,12 +133,13 @@ def test_nothing_is_acknowledged_before_it_is_on_disk_and_every_item_lands(
     for batch_id, items, on_disk in server.witnessed:
         assert on_disk == items, f"batch {batch_id} acknowledged with {on_disk}/{items} landed"
     assert server.pending() == server.in_flight() == 0
-    # The lake holds exactly what was acknowledged, malformed items included.
+    # The lake holds exactly what was acknowledged, malformed and spoiled items included.
     landed = lake_rows(witnessed.lake_dir)
-    kept = [json.loads(r["item_json"]) for rows in landed.values() for r in rows]
+    kept = [item_of(r) for rows in landed.values() for r in rows]
     assert len(kept) == witnessed.queued
     assert canonical(kept) == canonical(server.acknowledged_items())
-    assert len(landed[QUARANTINE]) == stats["malformed_items"] > 0
+    assert stats["malformed_items"] > 0 and stats["bad_value_items"] > 0
+    assert len(landed[QUARANTINE]) == stats["malformed_items"] + stats["bad_value_items"]
 
 
 def test_metadata_reports_rows_files_bytes_requests_and_the_queue(witnessed: Witnessed) -> None:
@@ -149,7 +157,8 @@ def test_metadata_reports_rows_files_bytes_requests_and_the_queue(witnessed: Wit
     assert (meta["retries"], meta["http_429s"], meta["rate_limit_wait_s"]) == (0, 0, 0)
     assert meta["batches"] == meta["acks"] == stats["deliveries"]
     assert meta["items_received"] == meta["items_landed"] == stats["delivered_items"]
-    assert meta["quarantined_items"] == stats["malformed_items"] == len(landed[QUARANTINE])
+    assert meta["quarantined_items"] == len(landed[QUARANTINE])
+    assert meta["quarantined_items"] == stats["malformed_items"] + stats["bad_value_items"]
     assert meta["rows_by_table"] == {t: len(rows) for t, rows in landed.items()}
     assert meta["stop_reason"] == "queue empty"
     assert meta["duplicate_items_in_run"] == 0 and meta["acks_expired"] == 0
@@ -171,12 +180,119 @@ def test_items_land_on_the_utc_day_of_their_own_timestamp(witnessed: Witnessed) 
 
 def test_rows_per_table_are_the_well_formed_items_of_each_type(witnessed: Witnessed) -> None:
     served = Counter(
-        TABLE_OF_TYPE[item["type"]] if identity(item) is not None else QUARANTINE
+        TABLE_OF_TYPE[item["type"]] if lands(item) else QUARANTINE
         for item in witnessed.server.acknowledged_items()
     )
     rows = metadata(witnessed.result)["rows_by_table"]
     assert rows == {t: served[t] for t in (*TABLES, QUARANTINE)}
     assert served["telemetry"] and served["trips"] and served["events"] and served[QUARANTINE]
+
+
+def test_spoiled_values_are_quarantined_with_field_and_value_and_never_land(
+    witnessed: Witnessed,
+) -> None:
+    served = witnessed.server.acknowledged_items()
+    spoiled = [(i, problem) for i in served if (problem := bad_value(i)) is not None]
+    problems = {p for _, p in spoiled}
+    assert {v for _, v in problems} >= {"NaN", "Infinity", "12,5", "31.02.2024 25:61"}
+    landed = lake_rows(witnessed.lake_dir)
+    for table in TABLES:  # nothing spoiled reached a table, and every number there is finite
+        assert all(bad_value(item_of(r)) is None for r in landed[table])
+        for row in landed[table]:
+            assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+    by_payload = {json.dumps(item_of(r), sort_keys=True): r for r in landed[QUARANTINE]}
+    for item, (field, value) in spoiled:
+        row = by_payload[json.dumps(item, sort_keys=True)]
+        assert (row["table"], row["field"], row["value"]) == (
+            TABLE_OF_TYPE[item["type"]],
+            field,
+            value,
+        )
+        assert row["reason"].startswith(f"{field}: '{value}' is not ")
+    expected = Counter(TABLE_OF_TYPE[i["type"]] for i, _ in spoiled)
+    for table in TABLES:
+        quarantined = sum(
+            1 for r in landed[QUARANTINE] if r["table"] == table
+        )  # spoiled, or missing an id or date
+        assert metadata(witnessed.result, table)["quarantined_rows"] == quarantined
+        assert quarantined >= expected[table]
+
+
+def test_quarantine_files_follow_the_lake_convention_outside_the_table_folders(
+    witnessed: Witnessed,
+) -> None:
+    lake = Lake(witnessed.lake_dir)
+    files = lake.files("kt1", QUARANTINE)
+    assert files and all(
+        f.parent.parent == witnessed.lake_dir / "kt1" / "quarantine" for f in files
+    )
+    columns = [*QUARANTINE_SCHEMA.names, "batch_id", "item_index", "fetched_at", "item_type"]
+    for path in files:
+        table = pq.read_table(path)
+        assert table.schema.names == columns
+        day = path.parent.name.removeprefix("day=")
+        for row in table.to_pylist():  # on the item's own day when it has a readable one
+            item = item_of(row)
+            if identity(item) is not None:
+                stamp = {"telemetry": "date", "trip": "dateStart", "event": "eventDate"}
+                own = item.get(stamp.get(item["type"], "date"))
+                assert datetime.fromisoformat(own).astimezone(UTC).date().isoformat() == day
+    for table in TABLES:  # table folders hold only their own rows
+        for path in lake.files("kt1", table):
+            assert "reason" not in pq.read_schema(path).names
+
+
+def test_the_quarantine_check_warns_on_each_table_that_lost_items(witnessed: Witnessed) -> None:
+    checks = {
+        e.asset_key.path[-1]: e
+        for e in witnessed.result.get_asset_check_evaluations()
+        if e.check_name == "no_quarantined_rows"
+    }
+    assert set(checks) == set(TABLES)
+    for table, check in checks.items():
+        meta = {k: v.value for k, v in check.metadata.items()}
+        assert not check.passed and check.severity == AssetCheckSeverity.WARN
+        assert meta["quarantined_rows"] == metadata(witnessed.result, table)["quarantined_rows"]
+        assert meta["quarantine_dir"] == str(witnessed.lake_dir / "kt1" / "quarantine")
+
+
+def test_days_written_lists_the_utc_days_of_each_tables_files(witnessed: Witnessed) -> None:
+    lake = Lake(witnessed.lake_dir)
+    for table in TABLES:
+        days = sorted({p.parent.name.removeprefix("day=") for p in lake.files("kt1", table)})
+        assert metadata(witnessed.result, table)["days_written"] == days
+        assert days
+
+
+def test_a_clean_drain_passes_the_quarantine_check_and_lists_only_its_days(
+    world, fleet_env
+) -> None:
+    server = start_server(world, batch_size=50)
+    try:
+        first = run_drain(server)
+        server.enqueue(
+            [
+                {
+                    "type": "changenotification",
+                    "operation": "update",
+                    "date": "2023-01-02T03:04:05.000Z",  # an old day, landed again
+                    "doc": {"id": "a1", "type": "asset"},
+                }
+            ]
+        )
+        second = run_drain(server)
+    finally:
+        server.stop()
+    assert first.success and second.success
+    for result in (first, second):
+        checks = [
+            e for e in result.get_asset_check_evaluations() if e.check_name == "no_quarantined_rows"
+        ]
+        assert len(checks) == len(TABLES) and all(c.passed for c in checks)
+        assert all(metadata(result, t)["quarantined_rows"] == 0 for t in TABLES)
+    assert metadata(second, "changes")["days_written"] == ["2023-01-02"]
+    assert metadata(second, "telemetry")["days_written"] == []
+    assert not Lake(fleet_env.lake_dir).files("kt1", QUARANTINE)
 
 
 def test_the_token_never_reaches_logs_metadata_or_the_lake(
@@ -256,7 +372,9 @@ def test_cut_responses_and_5xx_bursts_lose_nothing(world, fleet_env) -> None:
         client.close()
         server.stop()
     assert client.stats.retries == 5
-    assert first.stop_reason == second.stop_reason == "queue empty" and second.items > 0
+    assert first.stop_reason == second.stop_reason == "queue empty"
+    # The batches the cut GETs took come back in whichever drain runs after their redelivery.
+    assert first.items + second.items >= expected
     assert server.stats()["redeliveries"] >= 1
     landed = lake_rows(fleet_env.lake_dir, TABLES)
     keys = identities(json.loads(r["item_json"]) for rows in landed.values() for r in rows)

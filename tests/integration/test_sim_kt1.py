@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ import pytest
 import requests
 
 from pipelines.simulator.clock import ManualClock as Clock
-from pipelines.simulator.kt1 import ITEM_TYPES, Kt1Server, env
+from pipelines.simulator.kt1 import BAD_DATE, ITEM_TYPES, Kt1Server, env
 from pipelines.simulator.world import World
 
 TOKEN = "test-kt1-token"
@@ -44,7 +45,6 @@ TIMESTAMPS = {
     "event": ("eventDate",),
     "changenotification": ("date",),
 }
-
 
 
 @pytest.fixture(scope="module")
@@ -421,3 +421,55 @@ def test_a_redelivered_batch_carries_the_same_corruption(
     again = stream(server, session).json()
     assert again["items"] == first["items"]
     assert any(is_malformed(i) for i in again["items"])
+
+
+# --- spoiled values -----------------------------------------------------------------------
+def spoiled_value(item: dict[str, Any]) -> Any:
+    """The value `bad_value_rate` put in an item, if any."""
+    for path in (("location", "speed"), ("stats", "distance"), ("details", "location", "lat")):
+        value: Any = item
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if (isinstance(value, float) and not math.isfinite(value)) or value == "12,5":
+            return value
+    stamps = [item.get(k) for k in ("date", "dateEnd", "eventDate")]
+    return BAD_DATE if BAD_DATE in stamps else None
+
+
+def test_bad_value_rate_spoils_that_share_of_values_served_raw_and_drops_no_item(
+    server: Kt1Server, session: requests.Session
+) -> None:
+    set_faults = session.post(f"{server.url}/_sim/faults", json={"bad_value_rate": 0.3})
+    assert set_faults.status_code == 200 and server.bad_value_rate == 0.3
+    queued = server.pending()
+    bodies, items = [], []
+    while server.pending():
+        resp = stream(server, session)
+        bodies.append(resp.text)
+        body = resp.json()  # Python's reader takes NaN and Infinity; strict JSON would not
+        items.extend(body["items"])
+        assert ack(server, session, body["id"]).status_code == 200
+    spoiled = [spoiled_value(i) for i in items if spoiled_value(i) is not None]
+    assert len(items) == queued and 0.2 * queued < len(spoiled) < 0.4 * queued
+    assert server.stats()["bad_value_items"] == len(spoiled)
+    kinds = Counter("NaN" if v != v else str(v) for v in spoiled)
+    assert set(kinds) == {"NaN", "inf", "12,5", BAD_DATE}
+    assert any(":NaN" in b for b in bodies) and any(":Infinity" in b for b in bodies)
+    with pytest.raises(ValueError, match="is not JSON"):  # bare tokens, not strings
+        json.loads(next(b for b in bodies if ":NaN" in b), parse_constant=_strict)
+    assert not any(is_malformed(i) for i in items)  # the shape stays intact
+
+
+def _strict(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def test_a_redelivered_batch_carries_the_same_spoiled_values(
+    server: Kt1Server, session: requests.Session
+) -> None:
+    server.bad_value_rate = 0.5
+    first = stream(server, session).text
+    time.sleep(REDELIVERY_S + 0.1)
+    again = stream(server, session).text
+    assert any(spoiled_value(i) is not None for i in json.loads(again)["items"])
+    assert json.dumps(json.loads(again)["items"]) == json.dumps(json.loads(first)["items"])

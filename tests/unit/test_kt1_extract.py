@@ -1,4 +1,5 @@
-"""kt1 batches → tables: routing by type, UTC days, raw values, quarantine, copies counted."""
+"""kt1 batches → tables: routing by type, UTC days, raw values, validated values, quarantine in the
+lake's convention, copies counted."""
 
 from __future__ import annotations
 
@@ -112,30 +113,124 @@ def test_values_stay_raw_and_the_whole_item_is_kept() -> None:
         FETCHED,
         LANDED,
     )
+    # Absent, null and empty values are NULL, not errors; a number sent as text is that number.
+    sparse = {**TELEMETRY, "received": None, "location": {"speed": "", "lat": "59.5", "lon": 7}}
+    split = split_batches([batch([sparse])], LANDED)
+    (row,) = rows(split, "telemetry")
+    assert split.quarantined == 0
+    assert (row["received"], row["speed"], row["lat"], row["lon"], row["altitude"]) == (
+        None,
+        None,
+        59.5,
+        7.0,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
-    "item, reason",
+    "item, reason, table, field, value",
     [
-        ({**TELEMETRY, "type": "x-telemetry"}, "unknown type 'x-telemetry'"),
-        ({k: v for k, v in TELEMETRY.items() if k != "type"}, "no type"),
-        ({k: v for k, v in TELEMETRY.items() if k != "date"}, "date is missing"),
-        ({k: v for k, v in TELEMETRY.items() if k != "asset"}, "asset.id is missing"),
-        ({**TRIP, "dateStart": "yesterday"}, "dateStart 'yesterday' is not ISO-8601"),
-        ({k: v for k, v in EVENT.items() if k != "id"}, "id is missing"),
-        ({k: v for k, v in CHANGE.items() if k != "doc"}, "doc.id is missing"),
-        ("not an object", "item is not an object"),
+        (
+            {**TELEMETRY, "type": "x-telemetry"},
+            "type: 'x-telemetry' is not a known type",
+            "x-telemetry",
+            "type",
+            "x-telemetry",
+        ),
+        ({k: v for k, v in TELEMETRY.items() if k != "type"}, "type is missing", "unknown",
+         "type", None),
+        ({k: v for k, v in TELEMETRY.items() if k != "date"}, "date is missing", "telemetry",
+         "date", None),
+        ({k: v for k, v in TELEMETRY.items() if k != "asset"}, "asset.id is missing",
+         "telemetry", "asset.id", None),
+        ({**TRIP, "dateStart": "yesterday"}, "dateStart: 'yesterday' is not ISO-8601", "trips",
+         "dateStart", "yesterday"),
+        ({k: v for k, v in EVENT.items() if k != "id"}, "id is missing", "events", "id", None),
+        ({k: v for k, v in CHANGE.items() if k != "doc"}, "doc.id is missing", "changes",
+         "doc.id", None),
+        ("not an object", "item is not an object", "unknown", None, None),
     ],
     ids=["unknown-type", "no-type", "no-date", "no-asset", "bad-date", "no-id", "no-doc", "text"],
-)
-def test_unplaceable_items_are_quarantined_with_the_reason_never_dropped(item, reason) -> None:
+)  # fmt: skip
+def test_unplaceable_items_are_quarantined_with_the_reason_never_dropped(
+    item, reason: str, table: str, field: str | None, value: str | None
+) -> None:
     split = split_batches([batch([TRIP, item])], LANDED)
     assert split.quarantined == 1
     (kept,) = rows(split, QUARANTINE)
-    assert kept["reason"] == reason
-    assert json.loads(kept["item_json"]) == item
-    assert (kept["batch_id"], kept["item_index"]) == ("b1", 1)
-    assert list(split.tables) == [("trips", date(2024, 5, 14)), (QUARANTINE, LANDED.date())]
+    assert (kept["reason"], kept["table"], kept["field"], kept["value"]) == (
+        reason,
+        table,
+        field,
+        value,
+    )
+    assert json.loads(kept["payload"]) == item
+    assert (kept["batch_id"], kept["item_index"], kept["quarantined_at"]) == ("b1", 1, LANDED)
+    # On the day the item would have landed on, when it has one; else the landing day.
+    assert list(split.tables) == [("trips", date(2024, 5, 14)), (QUARANTINE, own_day(item))]
+
+
+def own_day(item: object) -> date:
+    """The UTC day of the item's own timestamp, if it has a readable one; else the landing day."""
+    stamp = {"telemetry": "date", "trip": "dateStart", "event": "eventDate"}
+    try:
+        text = item[stamp[item["type"]]]  # type: ignore[index]
+        return datetime.fromisoformat(text).astimezone(UTC).date()
+    except (KeyError, TypeError, ValueError):
+        return LANDED.date()
+
+
+def raw_item(item: dict, path: str, token: str) -> str:
+    """`item` as JSON with the value at `path` written as the raw `token` (NaN is not JSON)."""
+    spoiled = json.loads(json.dumps(item))
+    *parents, last = path.split(".")
+    target = spoiled
+    for key in parents:
+        target = target.setdefault(key, {})
+    target[last] = "@@TOKEN@@"
+    return json.dumps(spoiled).replace('"@@TOKEN@@"', token)
+
+
+@pytest.mark.parametrize(
+    "item, path, token, value, problem",
+    [
+        (TELEMETRY, "location.speed", "NaN", "NaN", "is not a finite number"),
+        (TELEMETRY, "location.lat", "Infinity", "Infinity", "is not a finite number"),
+        (TELEMETRY, "counters.odometer", "-Infinity", "-Infinity", "is not a finite number"),
+        (TELEMETRY, "counters.odo_counter", "1e999", "1e999", "is not a finite number"),
+        (TELEMETRY, "location.speed", '"12,5"', "12,5", "is not a number"),
+        (TELEMETRY, "location.speed", '"NaN"', "NaN", "is not a finite number"),
+        (TELEMETRY, "location.heading", "true", "true", "is not a number"),
+        (TELEMETRY, "location.altitude", '{"m": 3}', '{"m":3}', "is not a number"),
+        (TELEMETRY, "telemetry.fuel_level", "NaN", "NaN", "is not a finite number"),
+        (TELEMETRY, "received", '"31.02.2024 25:61"', "31.02.2024 25:61", "is not ISO-8601"),
+        (TRIP, "stats.distance", '"12,5"', "12,5", "is not a number"),
+        (TRIP, "dateEnd", '"2024-02-31T10:00:00Z"', "2024-02-31T10:00:00Z", "is not ISO-8601"),
+        (TRIP, "maxes.speed", "NaN", "NaN", "is not a finite number"),
+        (EVENT, "details.location.lon", "Infinity", "Infinity", "is not a finite number"),
+        (EVENT, "details.volume", "NaN", "NaN", "is not a finite number"),
+        (EVENT, "details.dateEnd", '"soon"', "soon", "is not ISO-8601"),
+    ],
+)
+def test_a_value_that_is_not_a_finite_number_or_a_date_quarantines_its_item(
+    item: dict, path: str, token: str, value: str, problem: str
+) -> None:
+    body = f'{{"id": "b1", "items": [{json.dumps(TRIP)}, {raw_item(item, path, token)}]}}'
+    split = split_batches([parse_batch(body.encode(), FETCHED)], LANDED)
+    table = {"telemetry": "telemetry", "trip": "trips", "event": "events"}[item["type"]]
+    assert split.rows_by_table == {"trips": 1}  # the spoiled item never lands; the rest does
+    assert split.quarantined == 1 and split.quarantined_by_table == {table: 1}
+    (kept,) = rows(split, QUARANTINE)
+    assert kept["reason"] == f"{path}: '{value}' {problem}"
+    assert (kept["table"], kept["field"], kept["value"], kept["item_type"]) == (
+        table,
+        path,
+        value,
+        item["type"],
+    )
+    assert kept["payload"].replace(" ", "") == raw_item(item, path, token).replace(" ", "")
+    assert split.quarantine_reasons == {f"{path} {problem}": 1}
+    assert [d for t, d in split.tables if t == QUARANTINE] == [own_day(item)]
 
 
 @pytest.mark.parametrize(
@@ -150,7 +245,8 @@ def test_unplaceable_items_are_quarantined_with_the_reason_never_dropped(item, r
 def test_a_body_that_is_not_id_and_items_is_quarantined_whole(body: bytes, reason: str) -> None:
     split = split_batches([batch([TRIP], "b1"), parse_batch(body, FETCHED)], LANDED)
     (kept,) = rows(split, QUARANTINE)
-    assert kept["reason"] == reason and kept["item_json"] == body.decode()
+    assert kept["reason"] == reason and kept["payload"] == body.decode()
+    assert (kept["table"], kept["field"], kept["value"]) == ("unknown", None, None)
     assert kept["item_index"] == -1 and split.rows_by_table == {"trips": 1}
 
 

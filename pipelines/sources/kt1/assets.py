@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetRecordsFilter,
@@ -31,8 +34,9 @@ from dagster import (
 )
 
 from pipelines.http import VendorAPIError
+from pipelines.lake import Lake
 from pipelines.resources import LakeResource, credential_failure
-from pipelines.settings import MissingCredentialError
+from pipelines.settings import SettingError
 from pipelines.sources.kt1.drain import DrainBusy, DrainResult, drain_stream
 from pipelines.sources.kt1.extract import QUARANTINE, SOURCE, TABLES
 from pipelines.sources.kt1.resources import Kt1Resource
@@ -43,6 +47,7 @@ POOL = "kt1_stream"
 QUEUE_TAG = "fleet/queue"
 """Run tag of every scheduled drain; a run-queue limit of 1 on it keeps drains one at a time."""
 JOB_NAME = "kt1_drain"
+QUARANTINE_CHECK = "no_quarantined_rows"
 IN_PROGRESS = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -88,15 +93,37 @@ def _build_asset() -> AssetsDefinition:
         for table, key in ASSET_KEYS.items()
     ]
 
-    @multi_asset(specs=specs, name="kt1_stream_drain", pool=POOL, can_subset=False)
+    checks = [
+        AssetCheckSpec(
+            QUARANTINE_CHECK,
+            asset=key,
+            description=(
+                f"Warns when a drain quarantined items meant for raw/kt1/{table}, or items of no "
+                "known type (counted on every kt1 table): a missing id or date, a number that "
+                'is NaN, Infinity or not a number ("12,5"), a timestamp that is not ISO-8601. '
+                "They were acknowledged but not landed; each is kept whole (`payload`) with "
+                "`table`, `reason`, `field` and `value` in <lake>/kt1/quarantine/day=D/"
+                "<group>.parquet, on the item's own UTC day (else the landing day). The stream "
+                "will not send them again, so the payload is the only copy: read it with "
+                "DuckDB (read_parquet('<lake>/kt1/quarantine/*/*.parquet')) and get the sender "
+                "fixed; the next drain's result clears the warning."
+            ),
+        )
+        for table, key in ASSET_KEYS.items()
+    ]
+
+    @multi_asset(
+        specs=specs, check_specs=checks, name="kt1_stream_drain", pool=POOL, can_subset=False
+    )
     def kt1_stream_drain(
         context: AssetExecutionContext, kt1: Kt1Resource, lake: LakeResource
     ) -> Iterator[MaterializeResult]:
         """Get → land → acknowledge until the queue is empty or KT1_DRAIN_SECONDS is spent."""
         try:
             client = kt1.client(ASSET_NAME)
-        except MissingCredentialError as exc:
+        except SettingError as exc:
             raise credential_failure(exc) from None
+        lake_ = lake.lake()
         context.log.info(
             f"kt1 drain: budget {kt1.drain_seconds:g}s, groups of ≤{kt1.group_max_batches} "
             f"batches or ≤{kt1.group_max_age_s:g}s, acknowledged only after a durable write"
@@ -104,7 +131,7 @@ def _build_asset() -> AssetsDefinition:
         try:
             result = drain_stream(
                 client,
-                lake.lake(),
+                lake_,
                 budget_s=kt1.drain_seconds,
                 group_max_batches=kt1.group_max_batches,
                 group_max_age_s=kt1.group_max_age_s,
@@ -119,8 +146,8 @@ def _build_asset() -> AssetsDefinition:
             client.close()
         if result.quarantined:
             context.log.warning(
-                f"{result.quarantined} kt1 items could not be placed and were kept in "
-                f"{SOURCE}/{QUARANTINE}: {dict(result.quarantine_reasons)}"
+                f"{result.quarantined} kt1 items were quarantined instead of landed, in "
+                f"{lake_.table_dir(SOURCE, QUARANTINE)}: {dict(result.quarantine_reasons)}"
             )
         if result.acks_expired or result.acks_failed:
             context.log.warning(
@@ -132,19 +159,45 @@ def _build_asset() -> AssetsDefinition:
             f"batches, {result.seconds:.1f}s"
         )
         shared = _drain_metadata(result, client.stats.as_metadata(), kt1.drain_seconds)
+        unplaced = result.quarantined - sum(result.quarantined_by_table[t] for t in TABLES)
         for table, key in ASSET_KEYS.items():
             landing = result.tables[table]
+            quarantined = result.quarantined_by_table[table]
             yield MaterializeResult(
                 asset_key=key,
                 metadata={
                     "rows": landing.rows,
                     "files": landing.files,
                     "bytes": landing.bytes,
+                    "days_written": MetadataValue.json(sorted(d.isoformat() for d in landing.days)),
+                    "quarantined_rows": quarantined,
                     **shared,
                 },
+                check_results=[_quarantine_check(key, quarantined, unplaced, lake_)],
             )
 
     return kt1_stream_drain
+
+
+def _quarantine_check(
+    key: AssetKey, quarantined: int, unplaced: int, lake: Lake
+) -> AssetCheckResult:
+    """WARN when this drain quarantined items of this table, or items of no known table."""
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=QUARANTINE_CHECK,
+        passed=quarantined == 0 and unplaced == 0,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"{quarantined} item(s) of this table and {unplaced} of no known table quarantined "
+            "by this drain"
+        ),
+        metadata={
+            "quarantined_rows": quarantined,
+            "quarantined_unplaced": unplaced,
+            "quarantine_dir": MetadataValue.path(str(lake.table_dir(SOURCE, QUARANTINE))),
+        },
+    )
 
 
 def _drain_metadata(
@@ -162,6 +215,7 @@ def _drain_metadata(
         ),
         "quarantined_items": result.quarantined,
         "quarantine_files": quarantine.files,
+        "quarantine_reasons": MetadataValue.json(dict(result.quarantine_reasons.most_common())),
         "duplicate_items_in_run": result.duplicate_items_in_run,
         "groups": result.groups,
         "acks": result.acks,

@@ -5,7 +5,8 @@ Exactly-once *as seen by any query* from an at-least-once queue:
 1. Batches are held in memory, un-acknowledged, in a group (at most `group_max_batches`, or
    `group_max_age_s` old, or until the queue runs short).
 2. The group is written to the lake, one file per (table, UTC day), each atomic and fsynced
-   (`Lake.write_file`). Only when *every* file of the group is durable ...
+   (`Lake.write_file`; items that fail validation go to `kt1/quarantine/day=D/` the same way,
+   through `Lake.write_quarantine`). Only when *every* file of the group is durable ...
 3. ... is each batch of the group DELETEd.
 
 A crash before step 3 finishes leaves batches un-acknowledged: the server hands them out again
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from pipelines.lake import Lake
+from pipelines.lake import PARTITION_KEY, Lake
 from pipelines.sources.kt1.client import REDELIVERY_S, AckOutcome, Kt1Batch, Kt1Client
 from pipelines.sources.kt1.extract import QUARANTINE, SCHEMAS, SOURCE, TABLES, ItemSplitter
 
@@ -55,6 +56,7 @@ class TableLanding:
     rows: int = 0
     files: int = 0
     bytes: int = 0
+    days: set[date] = field(default_factory=set)  # UTC days whose files this drain wrote
 
 
 @dataclass
@@ -66,6 +68,7 @@ class DrainResult:
     items: int = 0
     items_by_type: Counter[str] = field(default_factory=Counter)
     quarantined: int = 0
+    quarantined_by_table: Counter[str] = field(default_factory=Counter)  # quarantine `table`
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
     duplicate_items_in_run: int = 0
     groups: int = 0
@@ -159,7 +162,9 @@ def drain_stream(
                 on_stage=on_stage or (lambda _stage: None),
                 progress=progress or (lambda _msg: None),
             )
-        ensure_schema_files(lake)
+        for path in ensure_schema_files(lake):  # files too: days_written lists their day
+            day = date.fromisoformat(path.parent.name.removeprefix(f"{PARTITION_KEY}="))
+            result.tables[path.parent.parent.name].days.add(day)
     result.seconds = time.monotonic() - started
     return result
 
@@ -236,17 +241,25 @@ def _flush(
     split = splitter.split(batches, datetime.now(UTC), seen)
     name = group_file_name(batches)
     for n, ((table, day), data) in enumerate(sorted(split.tables.items())):
-        written = lake.write_file(SOURCE, table, day, name, data)
+        if table == QUARANTINE:
+            quarantined = lake.write_quarantine(SOURCE, day, name, data)
+            if quarantined is None:  # no rows, so no file (a split never holds such a table)
+                continue
+            written = quarantined
+        else:
+            written = lake.write_file(SOURCE, table, day, name, data)
         landing = result.tables[table]
         landing.rows += written.rows
         landing.files += 1
         landing.bytes += written.bytes
+        landing.days.add(day)
         if n == 0:
             on_stage(MID_WRITE)
     on_stage(AFTER_WRITE)
     result.groups += 1
     result.items_by_type.update(split.items_by_type)
     result.quarantined += split.quarantined
+    result.quarantined_by_table.update(split.quarantined_by_table)
     result.quarantine_reasons.update(split.quarantine_reasons)
     result.duplicate_items_in_run += split.duplicates
     items = sum(split.rows_by_table.values()) + split.quarantined

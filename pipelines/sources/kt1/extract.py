@@ -1,13 +1,20 @@
 """kt1 batches → typed Arrow tables per raw table and UTC day. No Dagster, no HTTP.
 
 Every item is kept: known types land in their table (day = UTC date of the item's own
-timestamp) with the vendor's values raw and the whole item as `item_json`; anything lacking
-the fields its identity or day needs, with a type we do not know, or in a body that is not
-`{id, items[]}`, lands in `quarantine` (day = the landing day) with the reason. Nothing is
-de-duplicated here: a redelivered batch lands again, and staging keeps one row per identity.
+timestamp) with the vendor's values raw and the whole item as `item_json`. Values are validated
+where they enter: an item lacking what its identity or day needs, with a number that is not a
+finite number (`NaN`, `Infinity`, "12,5", an object) or a timestamp that is not ISO-8601, with a
+type we do not know, or in a body that is not `{id, items[]}`, goes to the source's quarantine
+instead (the lake's one quarantine convention: table, reason, field, value, payload,
+quarantined_at, then kt1's batch_id, item_index, fetched_at, item_type), on the day it would
+have landed on, else the landing day. Nothing is de-duplicated here: a redelivered batch lands
+again, and staging keeps one row per identity.
 
 Items are typed in bulk by an in-memory DuckDB (`from_json` with each type's structure), a few
 µs per item; parsing them one by one in Python cost several times the whole HTTP round trip.
+DuckDB's JSON reader accepts the `NaN`/`Infinity` tokens (as DOUBLE nan/inf) and would read
+"12,5" into a DOUBLE as NULL, so numbers are read as JSON text and checked here, not trusted to
+the cast.
 """
 
 from __future__ import annotations
@@ -16,22 +23,26 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.lake import QUARANTINE_SCHEMA, QUARANTINE_TABLE
 from pipelines.sources.kt1.client import Kt1Batch
 
 SOURCE = "kt1"
 TABLES = ("telemetry", "trips", "events", "changes")
-QUARANTINE = "quarantine"
+QUARANTINE = QUARANTINE_TABLE
 TABLE_OF_TYPE = {
     "telemetry": "telemetry",
     "trip": "trips",
     "event": "events",
     "changenotification": "changes",
 }
+UNKNOWN_TABLE = "unknown"
+"""Quarantine `table` of an item without a type, or of a body that is not a batch."""
 
 TS = pa.timestamp("us", tz="UTC")
 _LANDING = [
@@ -105,171 +116,271 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("doc_type", pa.string()),
     ),
-    QUARANTINE: _schema(
-        pa.field("item_type", pa.string()),
-        pa.field("reason", pa.string(), nullable=False),
+    # The lake's quarantine columns, then where the item came from.
+    QUARANTINE: pa.schema(
+        [
+            *QUARANTINE_SCHEMA,
+            pa.field("batch_id", pa.string()),
+            pa.field("item_index", pa.int32(), nullable=False),  # -1: the whole body
+            pa.field("fetched_at", TS, nullable=False),
+            pa.field("item_type", pa.string()),  # the item's `type` as sent (≤ 100 chars)
+        ]
     ),
 }
 
 # --- how each item type is read -----------------------------------------------------------
-# `from_json` structure per type: JSON for values whose JSON type we check (ids, timestamps,
-# booleans); the rest converted leniently (a value of the wrong type becomes NULL, and the
-# item keeps it raw in item_json).
+# `from_json` structure per type: JSON for ids, timestamps and booleans (their JSON type is
+# checked); VARCHAR for numbers (their text, `NaN` and "12,5" included, is cast and checked)
+# and for free text. The whole item is kept raw in item_json.
 _STRUCTURES = {
     "telemetry": """{
         "origin": {"id": "JSON", "name": "VARCHAR"}, "asset": {"id": "JSON", "name": "VARCHAR"},
         "date": "JSON", "received": "JSON", "active": "JSON",
-        "location": {"lon": "DOUBLE", "lat": "DOUBLE", "speed": "DOUBLE", "altitude": "DOUBLE",
-                     "heading": "DOUBLE", "accuracy": "DOUBLE", "address": "VARCHAR"},
-        "counters": {"odometer": "DOUBLE", "odo_counter": "DOUBLE", "engine_hours": "DOUBLE"}}""",
+        "location": {"lon": "VARCHAR", "lat": "VARCHAR", "speed": "VARCHAR",
+                     "altitude": "VARCHAR", "heading": "VARCHAR", "accuracy": "VARCHAR",
+                     "address": "VARCHAR"},
+        "counters": {"odometer": "VARCHAR", "odo_counter": "VARCHAR", "engine_hours": "VARCHAR"},
+        "telemetry": {"fuel_level": "VARCHAR"}}""",
     "trip": """{
         "id": "JSON", "asset": {"id": "JSON", "name": "VARCHAR"}, "tripType": "VARCHAR",
         "dateStart": "JSON", "dateEnd": "JSON",
-        "start": {"lat": "DOUBLE", "lon": "DOUBLE", "address": "VARCHAR"},
-        "end": {"lat": "DOUBLE", "lon": "DOUBLE", "address": "VARCHAR"},
-        "stats": {"driveTime": "DOUBLE", "idleTime": "DOUBLE", "distance": "DOUBLE"},
-        "records": "DOUBLE", "maxes": {"speed": "DOUBLE"}}""",
+        "start": {"lat": "VARCHAR", "lon": "VARCHAR", "address": "VARCHAR"},
+        "end": {"lat": "VARCHAR", "lon": "VARCHAR", "address": "VARCHAR"},
+        "stats": {"driveTime": "VARCHAR", "idleTime": "VARCHAR", "distance": "VARCHAR"},
+        "records": "VARCHAR", "maxes": {"speed": "VARCHAR"}}""",
     "event": """{
         "id": "JSON", "owner": "VARCHAR", "origin": "VARCHAR", "eventDate": "JSON",
         "eventClass": "VARCHAR", "eventType": "VARCHAR",
         "details": {"asset": {"id": "JSON"},
-                    "location": {"lat": "DOUBLE", "lon": "DOUBLE", "address": "VARCHAR"}}}""",
+                    "location": {"lat": "VARCHAR", "lon": "VARCHAR", "address": "VARCHAR"},
+                    "dateStart": "JSON", "dateEnd": "JSON",
+                    "volume": "VARCHAR", "levelBefore": "VARCHAR", "levelAfter": "VARCHAR"}}""",
     "changenotification": """{
         "operation": "JSON", "date": "JSON", "doc": {"id": "JSON", "type": "VARCHAR"}}""",
 }
 
 
-def _ident(value: str) -> str:
-    """An id: a JSON string or integer, not empty."""
-    kinds = "('VARCHAR', 'BIGINT', 'UBIGINT', 'HUGEINT')"
-    return f"(json_type({value}) in {kinds} and {_text(value)} <> '')"
-
-
 def _text(value: str) -> str:
+    """A JSON value as text: a string's content, any other value as written."""
     return f"({value} ->> '$')"
 
 
-def _ts(value: str) -> str:
-    """A timestamp value (NULL unless a parseable string); offset-less ones are read as UTC."""
-    parsed = f"try_cast({_text(value)} as timestamptz)"
-    return f"(case when json_type({value}) = 'VARCHAR' then {parsed} end)"
+def _name(prefix: str, path: str) -> str:
+    """Column name of a value the query computes once per item (`ts_date`, `n_location_speed`)."""
+    return f"{prefix}_{path.replace('.', '_')}"
 
 
-def _ts_checks(value: str, name: str) -> list[tuple[str, str]]:
-    return [
-        (
-            f"coalesce(json_type({value}), 'NULL') = 'NULL' or {_text(value)} = ''",
-            f"'{name} is missing'",
-        ),
-        (f"json_type({value}) <> 'VARCHAR'", f"'{name} is not a timestamp'"),
-        (
-            f"{_ts(value)} is null",
-            f"'{name} ''' || left({_text(value)}, 40) || ''' is not ISO-8601'",
-        ),
-    ]
+def _ts(path: str) -> str:
+    """The timestamp at `path` (NULL unless a parseable string); offset-less ones are UTC."""
+    return _name("ts", path)
+
+
+def _id(path: str) -> str:
+    """The id at `path` as text (a JSON string or integer)."""
+    return _name("t", path)
+
+
+def _number(path: str) -> str:
+    """The number at `path` as DOUBLE (NULL when absent or unreadable)."""
+    return _name("n", path)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One thing an item must satisfy; `fails` is SQL, true when it does not."""
+
+    fails: str
+    path: str  # the field to blame, as its path in the item (`location.speed`)
+    problem: str  # SQL of what is wrong with it, e.g. 'is not a finite number'
+    value: str | None = None  # SQL of its value as text, when the reason quotes it
+
+
+def _missing(path: str) -> _Check:
+    return _Check(f"not coalesce({_name('t', path)} <> '', false)", path, "'is missing'")
+
+
+def _timestamp(path: str) -> _Check:
+    """A timestamp that may be absent, but when given must be ISO-8601."""
+    text = _name("t", path)
+    return _Check(
+        f"coalesce({text} <> '', false) and {_ts(path)} is null", path, "'is not ISO-8601'", text
+    )
+
+
+def _required_id(path: str) -> _Check:
+    return _Check(f"not {_name('ok', path)}", path, "'is missing'")
+
+
+def _finite(path: str) -> _Check:
+    """A number that may be absent, but when given must be a finite number (not `NaN`,
+    `Infinity`, "12,5", `true` or an object)."""
+    text, number = f"j.{path}", _number(path)
+    return _Check(
+        f"coalesce({text} <> '', false) and not coalesce(isfinite({number}), false)",
+        path,
+        f"case when {number} is null then 'is not a number' else 'is not a finite number' end",
+        text,
+    )
 
 
 @dataclass(frozen=True)
 class _Reader:
-    """SQL of one item type: output columns (in schema order), the day, and what must hold."""
+    """SQL of one item type: its columns, its day, and what must hold for it to land.
+
+    Each checked value is read once, in query layers of its own (text, JSON type, timestamp or
+    number), which columns and checks share. `numbers` are typed columns (column → path in the
+    item); `also_checked` are numbers the table keeps only inside item_json but the models read
+    from there (refuel volumes), so a bad one must not land either.
+    """
 
     columns: dict[str, str]
-    day_of: str
-    checks: list[tuple[str, str]]
+    numbers: dict[str, str]
+    day_of: str  # path of the timestamp whose UTC date is the item's day
+    checks: list[_Check]  # identity and day: why an item cannot be placed at all
+    ids: tuple[str, ...] = ()
+    times: tuple[str, ...] = ()  # every timestamp read: the day's, then optional ones
+    also_checked: tuple[str, ...] = ()
+
+    @property
+    def number_paths(self) -> list[str]:
+        return [*self.numbers.values(), *self.also_checked]
+
+    def all_columns(self) -> dict[str, str]:
+        return {**self.columns, **{c: _number(p) for c, p in self.numbers.items()}}
+
+    def all_checks(self) -> list[_Check]:
+        """In the order reasons are given: placement first, then values."""
+        return [
+            *self.checks,
+            *(_timestamp(p) for p in self.times if p != self.day_of),
+            *(_finite(p) for p in self.number_paths),
+        ]
+
+    def layers(self) -> tuple[str, str]:
+        """SQL select lists of the two layers that read each value once: text, JSON type and
+        number first, then timestamps and ids from those."""
+        first, second = [], []
+        for path in dict.fromkeys([*self.times, *self.ids]):
+            first += [f"(j.{path} ->> '$') as {_name('t', path)}"]
+            first += [f"json_type(j.{path}) as {_name('k', path)}"]
+        for path in self.times:
+            parsed = f"try_cast({_name('t', path)} as timestamptz)"
+            second += [f"case when {_name('k', path)} = 'VARCHAR' then {parsed} end as {_ts(path)}"]
+        for path in self.ids:
+            kind, text = _name("k", path), _name("t", path)
+            ok = f"{kind} in ('VARCHAR', 'BIGINT', 'UBIGINT', 'HUGEINT') and {text} <> ''"
+            second += [f"coalesce({ok}, false) as {_name('ok', path)}"]
+        first += [f"try_cast(j.{p} as double) as {_number(p)}" for p in self.number_paths]
+        return ", ".join(first), ", ".join(second)
 
 
 _READERS = {
     "telemetry": _Reader(
         columns={
-            "origin_id": _text("j.origin.id"),
+            "origin_id": _id("origin.id"),
             "origin_name": "j.origin.name",
-            "asset_id": _text("j.asset.id"),
+            "asset_id": _id("asset.id"),
             "asset_name": "j.asset.name",
-            "date": _ts("j.date"),
-            "received": _ts("j.received"),
+            "date": _ts("date"),
+            "received": _ts("received"),
             "active": "case when json_type(j.active) = 'BOOLEAN' then j.active::boolean end",
-            "lat": "j.location.lat",
-            "lon": "j.location.lon",
-            "speed": "j.location.speed",
-            "altitude": "j.location.altitude",
-            "heading": "j.location.heading",
-            "accuracy": "j.location.accuracy",
             "address": "j.location.address",
-            "counters_odometer": "j.counters.odometer",
-            "counters_odo_counter": "j.counters.odo_counter",
-            "counters_engine_hours": "j.counters.engine_hours",
         },
-        day_of=_ts("j.date"),
+        numbers={
+            "lat": "location.lat",
+            "lon": "location.lon",
+            "speed": "location.speed",
+            "altitude": "location.altitude",
+            "heading": "location.heading",
+            "accuracy": "location.accuracy",
+            "counters_odometer": "counters.odometer",
+            "counters_odo_counter": "counters.odo_counter",
+            "counters_engine_hours": "counters.engine_hours",
+        },
+        day_of="date",
         checks=[
-            *_ts_checks("j.date", "date"),
-            (f"not {_ident('j.origin.id')}", "'origin.id is missing'"),
-            (f"not {_ident('j.asset.id')}", "'asset.id is missing'"),
+            _missing("date"),
+            _timestamp("date"),
+            _required_id("origin.id"),
+            _required_id("asset.id"),
         ],
+        ids=("origin.id", "asset.id"),
+        times=("date", "received"),
+        also_checked=("telemetry.fuel_level",),
     ),
     "trip": _Reader(
         columns={
-            "id": _text("j.id"),
-            "asset_id": _text("j.asset.id"),
+            "id": _id("id"),
+            "asset_id": _id("asset.id"),
             "asset_name": "j.asset.name",
             "trip_type": "j.tripType",
-            "date_start": _ts("j.dateStart"),
-            "date_end": _ts("j.dateEnd"),
-            "start_lat": "j.start.lat",
-            "start_lon": "j.start.lon",
+            "date_start": _ts("dateStart"),
+            "date_end": _ts("dateEnd"),
             "start_address": "j.start.address",
-            "end_lat": "j.end.lat",
-            "end_lon": "j.end.lon",
             "end_address": "j.end.address",
-            "stats_drive_time": "j.stats.driveTime",
-            "stats_idle_time": "j.stats.idleTime",
-            "stats_distance": "j.stats.distance",
-            "records": "j.records",
-            "maxes_speed": "j.maxes.speed",
         },
-        day_of=_ts("j.dateStart"),
+        numbers={
+            "start_lat": "start.lat",
+            "start_lon": "start.lon",
+            "end_lat": "end.lat",
+            "end_lon": "end.lon",
+            "stats_drive_time": "stats.driveTime",
+            "stats_idle_time": "stats.idleTime",
+            "stats_distance": "stats.distance",
+            "records": "records",
+            "maxes_speed": "maxes.speed",
+        },
+        day_of="dateStart",
         checks=[
-            *_ts_checks("j.dateStart", "dateStart"),
-            (f"not {_ident('j.id')}", "'id is missing'"),
-            (f"not {_ident('j.asset.id')}", "'asset.id is missing'"),
+            _missing("dateStart"),
+            _timestamp("dateStart"),
+            _required_id("id"),
+            _required_id("asset.id"),
         ],
+        ids=("id", "asset.id"),
+        times=("dateStart", "dateEnd"),
     ),
     "event": _Reader(
         columns={
-            "id": _text("j.id"),
+            "id": _id("id"),
             "owner": "j.owner",
             "origin": "j.origin",
-            "event_date": _ts("j.eventDate"),
+            "event_date": _ts("eventDate"),
             "event_class": "j.eventClass",
             "event_type": "j.eventType",
-            "asset_id": (
-                f"case when {_ident('j.details.asset.id')} then {_text('j.details.asset.id')} end"
-            ),
-            "lat": "j.details.location.lat",
-            "lon": "j.details.location.lon",
+            "asset_id": f"case when {_name('ok', 'details.asset.id')} then "
+            f"{_id('details.asset.id')} end",
             "address": "j.details.location.address",
         },
-        day_of=_ts("j.eventDate"),
-        checks=[
-            *_ts_checks("j.eventDate", "eventDate"),
-            (f"not {_ident('j.id')}", "'id is missing'"),
-        ],
+        numbers={"lat": "details.location.lat", "lon": "details.location.lon"},
+        day_of="eventDate",
+        checks=[_missing("eventDate"), _timestamp("eventDate"), _required_id("id")],
+        ids=("id", "details.asset.id"),
+        times=("eventDate", "details.dateStart", "details.dateEnd"),
+        also_checked=("details.volume", "details.levelBefore", "details.levelAfter"),
     ),
     "changenotification": _Reader(
         columns={
-            "operation": _text("j.operation"),
-            "date": _ts("j.date"),
-            "doc_id": _text("j.doc.id"),
+            "operation": _name("t", "operation"),
+            "date": _ts("date"),
+            "doc_id": _id("doc.id"),
             "doc_type": "j.doc.type",
         },
-        day_of=_ts("j.date"),
+        numbers={},
+        day_of="date",
         checks=[
-            *_ts_checks("j.date", "date"),
-            (
-                "json_type(j.operation) is distinct from 'VARCHAR' or (j.operation ->> '$') = ''",
-                "'operation is missing'",
+            _missing("date"),
+            _timestamp("date"),
+            _Check(
+                f"{_name('k', 'operation')} is distinct from 'VARCHAR' "
+                f"or {_name('t', 'operation')} = ''",
+                "operation",
+                "'is missing'",
             ),
-            (f"not {_ident('j.doc.id')}", "'doc.id is missing'"),
+            _required_id("doc.id"),
         ],
+        ids=("doc.id", "operation"),
+        times=("date",),
     ),
 }
 
@@ -323,10 +434,14 @@ select distinct type_json ->> '$'
 from kt1_items
 where json_type(type_json) = 'VARCHAR'
 """
-# Bodies that are not {id, items[]}, and items that are not objects of a type we know.
+# Bodies that are not {id, items[]}, and items that are not objects of a type we know, with
+# what is wrong as a problem struct like the typed items'.
 _REJECTED_SQL = """
-select batch_id, -1 as item_index, fetched_at, body as item_json,
-       cast(null as varchar) as item_type, 'batch: ' || problem as reason
+select
+    batch_id, -1 as item_index, fetched_at, body as item_json,
+    cast(null as varchar) as item_type,
+    cast(null as date) as day,
+    {'field': null, 'value': null, 'problem': 'batch: ' || problem} as problem
 from kt1_batches
 where problem is not null
 union all
@@ -336,10 +451,13 @@ select
     fetched_at,
     item::varchar,
     left(type_json ->> '$', 100),
+    null,
     case
-        when json_kind <> 'OBJECT' then 'item is not an object'
-        when coalesce(json_type(type_json), 'NULL') = 'NULL' then 'no type'
-        else 'unknown type ''' || left(type_json ->> '$', 40) || ''''
+        when json_kind <> 'OBJECT'
+            then {'field': null, 'value': null, 'problem': 'item is not an object'}
+        when coalesce(json_type(type_json), 'NULL') = 'NULL'
+            then {'field': 'type', 'value': null, 'problem': 'is missing'}
+        else {'field': 'type', 'value': type_json ->> '$', 'problem': 'is not a known type'}
     end
 from kt1_items
 where coalesce(json_type(type_json), 'NULL') <> 'VARCHAR'
@@ -348,28 +466,48 @@ where coalesce(json_type(type_json), 'NULL') <> 'VARCHAR'
 
 
 def _typed_sql(kind: str) -> str:
-    """All items of one type: their columns, UTC day, identity hash, and why not (if not)."""
+    """All items of one type: their columns, UTC day, identity hash, and their first problem
+    (the field to blame, its value as text, what is wrong), NULL when there is none."""
     reader = _READERS[kind]
+    columns = reader.all_columns()
     # A check that cannot be decided (NULL) fails: such an item is quarantined, not landed.
-    reason = "case " + " ".join(f"when coalesce({c}, true) then {r}" for c, r in reader.checks)
-    columns = ",\n    ".join(f"{sql} as {name}" for name, sql in reader.columns.items())
-    key = ", ".join(reader.columns[name] for name in _IDENTITY[kind])
+    whens = " ".join(
+        f"when coalesce({c.fails}, true) then {{'field': '{c.path}', "
+        f"'value': {c.value or 'null'}, 'problem': {c.problem}}}"
+        for c in reader.all_checks()
+    )
+    first, second = reader.layers()
+    select = ",\n    ".join(f"{sql} as {name}" for name, sql in columns.items())
+    key = ", ".join(columns[name] for name in _IDENTITY[kind])
     structure = " ".join(_STRUCTURES[kind].split())
     return f"""
 select
     batch_id, item_index, fetched_at, ?::timestamptz as landed_at,
     item::varchar as item_json,
-    {columns},
-    cast({reader.day_of} as date) as day,
+    {select},
+    cast({_ts(reader.day_of)} as date) as day,
     hash('{kind}', {key}) as identity_hash,
-    {reason} end as reason
+    case {whens} end as problem
 from (
-    select *, from_json(item, '{structure}') as j
-    from kt1_items
-    where json_type(type_json) = 'VARCHAR' and (type_json ->> '$') = '{kind}'
+    select *, {second}
+    from (
+        select *, {first}
+        from (
+            select *, from_json(item, '{structure}') as j
+            from kt1_items
+            where json_type(type_json) = 'VARCHAR' and (type_json ->> '$') = '{kind}'
+        )
+    )
 )
 order by pos, item_index
 """
+
+
+def reason_of(field_: str | None, value: str | None, problem: str) -> str:
+    """One line: "location.speed: 'NaN' is not a finite number", or "date is missing"."""
+    if value is None:
+        return f"{field_} {problem}" if field_ else problem
+    return f"{field_}: '{value[:40]}' {problem}"
 
 
 @dataclass
@@ -380,7 +518,8 @@ class GroupTables:
     items_by_type: Counter[str] = field(default_factory=Counter)
     rows_by_table: Counter[str] = field(default_factory=Counter)
     quarantined: int = 0
-    quarantine_reasons: Counter[str] = field(default_factory=Counter)
+    quarantined_by_table: Counter[str] = field(default_factory=Counter)  # by quarantine `table`
+    quarantine_reasons: Counter[str] = field(default_factory=Counter)  # reasons, values left out
     duplicates: int = 0  # items whose identity was already in `seen`
 
 
@@ -405,6 +544,7 @@ class ItemSplitter:
     ) -> GroupTables:
         """Route every item of `batches` to its table and UTC day; the rest to quarantine.
 
+        A quarantined item goes on the day it would have landed on, else the landing day.
         With `seen` (identity hashes of items landed earlier in the run), identities are added
         to it and items already in it are counted as duplicates; they still land: staging,
         not the landing, removes copies.
@@ -421,25 +561,22 @@ class ItemSplitter:
         con = self._con
         out = GroupTables()
         landed = landed_at.astimezone(UTC)
+        quarantine: list[dict[str, Any]] = []
         con.register("kt1_incoming", incoming)
         try:
             con.execute(_BATCHES_SQL)
             con.execute(_ITEMS_SQL)
             kinds = sorted(k for (k,) in con.execute(_KINDS_SQL).fetchall() if k in TABLE_OF_TYPE)
-            rejected = [con.execute(_REJECTED_SQL).to_arrow_table()]
+            rejected = con.execute(_REJECTED_SQL).to_arrow_table()
+            quarantine += _quarantine_rows(None, rejected, landed)
             for kind in kinds:
                 rows = con.execute(_typed_sql(kind), [landed]).to_arrow_table()
-                reason = rows.column("reason")
-                good = rows if reason.null_count == rows.num_rows else None
-                bad = rows.filter(pc.is_valid(reason)) if good is None else None
-                if bad is not None and bad.num_rows:
-                    rejected.append(
-                        bad.select(["batch_id", "item_index", "fetched_at", "item_json"])
-                        .append_column("item_type", pa.array([kind] * bad.num_rows, pa.string()))
-                        .append_column("reason", bad.column("reason"))
-                    )
+                problem = rows.column("problem")
+                good = rows if problem.null_count == rows.num_rows else None
                 if good is None:
-                    good = rows.filter(pc.is_null(reason))
+                    bad = rows.filter(pc.is_valid(problem))
+                    quarantine += _quarantine_rows(kind, bad, landed)
+                    good = rows.filter(pc.is_null(problem))
                 if good.num_rows:
                     table = TABLE_OF_TYPE[kind]
                     out.items_by_type[kind] = good.num_rows
@@ -451,19 +588,48 @@ class ItemSplitter:
                     _add_by_day(out, table, good)
         finally:
             con.unregister("kt1_incoming")
-        quarantine = pa.concat_tables([t.cast(rejected[0].schema) for t in rejected])
-        if quarantine.num_rows:
-            reasons = quarantine.column("reason").to_pylist()
-            out.quarantined = len(reasons)
-            out.quarantine_reasons.update(
-                "unknown type" if r.startswith("unknown type") else r for r in reasons
-            )
-            n = quarantine.num_rows
-            quarantine = quarantine.append_column(
-                "landed_at", pa.array([landed] * n, TS)
-            ).append_column("day", pa.array([landed.date()] * n, pa.date32()))
-            _add_by_day(out, QUARANTINE, quarantine)
+        if quarantine:
+            out.quarantined = len(quarantine)
+            out.quarantined_by_table.update(r["table"] for r in quarantine)
+            out.quarantine_reasons.update(r.pop("counted_as") for r in quarantine)
+            rows = pa.Table.from_pylist(quarantine, schema=_QUARANTINE_ROWS)
+            _add_by_day(out, QUARANTINE, rows)
         return out
+
+
+_QUARANTINE_ROWS = pa.schema([*SCHEMAS[QUARANTINE], pa.field("day", pa.date32())])
+
+
+def _quarantine_rows(kind: str | None, bad: pa.Table, landed: datetime) -> list[dict[str, Any]]:
+    """Quarantine rows of the items in `bad` (few, so built in Python), each on the day it would
+    have landed on, else the landing day; `counted_as` is the reason without the value.
+
+    `kind` None: bodies and items of no known type, whose `table` is their type or "unknown".
+    """
+    columns = ("problem", "item_json", "batch_id", "item_index", "fetched_at", "day")
+    types = bad.column("item_type").to_pylist() if kind is None else [kind] * bad.num_rows
+    out = []
+    for (problem, item_json, batch_id, item_index, fetched_at, day), item_type in zip(
+        zip(*(bad.column(c).to_pylist() for c in columns), strict=True), types, strict=True
+    ):
+        field_, value, what = problem["field"], problem["value"], problem["problem"]
+        out.append(
+            {
+                "table": TABLE_OF_TYPE[kind] if kind else (item_type or UNKNOWN_TABLE),
+                "reason": reason_of(field_, value, what),
+                "field": field_,
+                "value": value[:1000] if value is not None else None,
+                "payload": item_json,
+                "quarantined_at": landed,
+                "batch_id": batch_id,
+                "item_index": item_index,
+                "fetched_at": fetched_at,
+                "item_type": item_type,
+                "day": day or landed.date(),
+                "counted_as": f"{field_} {what}" if field_ else what,
+            }
+        )
+    return out
 
 
 def _add_by_day(out: GroupTables, table: str, rows: pa.Table) -> None:
