@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipelines.simulator.httpd import Request, Response, SimServer
+from pipelines.simulator.httpd import Faults, Request, Response, SimServer
 from pipelines.simulator.world import (
     CITY_LAT,
     CITY_LON,
@@ -71,6 +71,42 @@ def _num(value: float) -> int | float:
     """Whole floats as ints, as AutoPi's Elasticsearch-backed export writes them (`34`, `34.5`),
     so a column can start as integers and turn float later."""
     return int(value) if float(value).is_integer() else value
+
+
+BAD_VALUES = ("NaN", "Infinity", "-Infinity", "decimal comma", "timestamp")
+
+
+@dataclass
+class ExportFaults(Faults):
+    """The common switches plus bad values inside exports that still parse as JSON lines.
+
+    `bad_value_rate`: share of datapoint lines where one value is one of `BAD_VALUES`: the
+    first number of the line as `NaN`, `Infinity` or `-Infinity` (the tokens Python's json and
+    many emitters write, which JSON has no room for) or as a decimal-comma string (`"12,5"`),
+    or `@ts` in a day-first local format (lines without a number get that one).
+    `bad_trip_rate`: share of exports whose trip object has `"distanceKm": NaN`.
+    Both are deterministic per (seed, trip, export run, line), like `malformed_rate`.
+    """
+
+    bad_value_rate: float = 0.0
+    bad_trip_rate: float = 0.0
+
+
+def _bad_value(point: dict[str, Any], pick: float) -> dict[str, Any]:
+    """`point` with one value replaced by the bad value `pick` (in [0, 1)) selects."""
+    kind = BAD_VALUES[int(pick * len(BAD_VALUES))]
+    numbers = [
+        k
+        for k, v in point.items()
+        if k != "@vid" and isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    if kind == "timestamp" or not numbers:
+        ts = datetime.fromisoformat(point["@ts"].replace("Z", "+00:00"))
+        return {**point, "@ts": ts.strftime("%d/%m/%Y %H:%M:%S")}
+    key = numbers[0]
+    non_finite = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+    value = non_finite.get(kind, f"{float(point[key]):.1f}".replace(".", ","))
+    return {**point, key: value}
 
 
 def _hms(seconds: float) -> str:
@@ -147,7 +183,9 @@ class AutoPiServer(SimServer):
     `result_retention_s` (results older than this 404, as "after a while" in the reference),
     `webhook_poll_s` (real seconds between background signal checks; 0 = only when `tasks/`
     is listed or `poll_webhooks()` is called). Test hooks: `clear_calls`, `plan_reopen`,
-    `reopen_trip`, `poll_webhooks`, `flush_webhooks`, `webhook_deliveries`.
+    `reopen_trip`, `poll_webhooks`, `flush_webhooks`, `webhook_deliveries`. Fault switches:
+    `faults` (`ExportFaults`: the common ones, `malformed_rate`, `bad_value_rate`,
+    `bad_trip_rate`), also settable over HTTP at `POST /_sim/faults`.
     """
 
     name = "autopi"
@@ -200,6 +238,7 @@ class AutoPiServer(SimServer):
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         super().__init__(host, port)
+        self.faults: ExportFaults = ExportFaults()
 
     # --- ground truth → tasks -------------------------------------------------------------
     def _build_automatic_tasks(self) -> None:
@@ -467,9 +506,17 @@ class AutoPiServer(SimServer):
         return [p[2] for p in points]
 
     def export_bytes(self, task: ExportTask, version_index: int) -> bytes:
-        """`TRIP_ID.json.gz` of one export run, cached; malformed lines follow the fault switch."""
+        """`TRIP_ID.json.gz` of one export run, cached; malformed lines and bad values follow
+        the fault switches."""
         f = self.faults
-        key = (task.task_id, version_index, f.malformed_rate, f.seed)
+        key = (
+            task.task_id,
+            version_index,
+            f.malformed_rate,
+            f.bad_value_rate,
+            f.bad_trip_rate,
+            f.seed,
+        )
         with self._cache_lock:
             if key in self._results:
                 self._results.move_to_end(key)
@@ -477,9 +524,20 @@ class AutoPiServer(SimServer):
         version = task.versions[version_index]
         trip = task.trip
         vehicle = self._vehicles[trip.vehicle_index]
-        lines = [json.dumps(self._trip_json(trip, version), separators=(",", ":"))]
+        head = self._trip_json(trip, version)
+        if f.bad_trip_rate and _unit(f.seed, "bad-trip", trip.trip_id, version_index) < (
+            f.bad_trip_rate
+        ):
+            head["distanceKm"] = math.nan
+        lines = [json.dumps(head, separators=(",", ":"))]
         shape = self._shape(trip, version.fraction)
         for n, point in enumerate(self._datapoints(trip, vehicle, shape)):
+            if (
+                f.bad_value_rate
+                and _unit(f.seed, "bad-value", trip.trip_id, version_index, n) < f.bad_value_rate
+            ):
+                pick = _unit(f.seed, "bad-value-kind", trip.trip_id, version_index, n)
+                point = _bad_value(point, pick)
             line = json.dumps(point, separators=(",", ":"))
             if (
                 f.malformed_rate
@@ -784,7 +842,7 @@ class AutoPiServer(SimServer):
 
 
 def env(server: AutoPiServer) -> dict[str, str]:
-    """The variables a pipeline needs to talk to this server (DESIGN §3)."""
+    """The variables a pipeline needs to talk to this server."""
     out = {"AUTOPI_BASE_URL": server.url, "AUTOPI_TOKEN": server.token}
     if server.webhook_secret:
         out["AUTOPI_WEBHOOK_SECRET"] = server.webhook_secret

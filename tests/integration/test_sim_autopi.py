@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -27,7 +27,6 @@ TRIP_KEYS = {
     "start_position_display", "end_position_lat", "end_position_lng", "end_position_display",
     "device", "vehicle", "duration", "distanceKm",
 }  # fmt: skip
-
 
 
 @pytest.fixture(scope="module")
@@ -413,6 +412,48 @@ def test_malformed_rate_corrupts_that_share_of_datapoint_lines_deterministically
     assert 0.1 < len(bad) / (len(dirty) - 1) < 0.3
     assert all(clean[n].startswith(dirty[n]) for n in bad), "a corrupt line is a truncated one"
     assert export_lines(get(server, f"tasks/{task_id}/result/")) == dirty
+
+
+def test_bad_value_faults_send_non_finite_comma_and_timestamp_values_in_valid_lines(
+    server: AutoPiServer, clock: Clock, autopi_trips: list[Trip]
+) -> None:
+    done = finished(server, clock, autopi_trips)
+    ids = [tasks_by_trip(server)[t.trip_id]["id"] for t in done]
+    clean = {i: export_lines(get(server, f"tasks/{i}/result/")) for i in ids}
+    faults = {"bad_value_rate": 0.1, "bad_trip_rate": 0.5, "seed": 7}
+    assert requests.post(f"{server.url}/_sim/faults", json=faults, timeout=5).ok
+    dirty = {i: export_lines(get(server, f"tasks/{i}/result/")) for i in ids}
+    changed = bad_trips = 0
+    seen: set[str] = set()
+    for i in ids:
+        assert len(dirty[i]) == len(clean[i])
+        head = json.loads(dirty[i][0], parse_constant=str)  # NaN as its token
+        if head["distanceKm"] == "NaN":  # the trip object's distance is the only change
+            bad_trips += 1
+            assert {**head, "distanceKm": None} == {**json.loads(clean[i][0]), "distanceKm": None}
+        else:
+            assert dirty[i][0] == clean[i][0]
+        for before, after in zip(clean[i][1:], dirty[i][1:], strict=True):
+            if before == after:
+                continue
+            changed += 1
+            was = json.loads(before)
+            now = json.loads(after, parse_constant=str)  # Python's json still reads it
+            (key,) = [k for k in was if was[k] != now[k]]
+            if now[key] in ("NaN", "Infinity", "-Infinity"):
+                seen.add(now[key])
+            elif key == "@ts":
+                seen.add("timestamp")
+                with pytest.raises(ValueError):
+                    datetime.fromisoformat(now[key])
+            else:
+                assert now[key] == f"{float(was[key]):.1f}".replace(".", ",")
+                seen.add("decimal comma")
+    total = sum(len(lines) - 1 for lines in clean.values())
+    assert 0.05 < changed / total < 0.15 and 0 < bad_trips < len(ids)
+    assert seen == {"NaN", "Infinity", "-Infinity", "timestamp", "decimal comma"}
+    again = {i: export_lines(get(server, f"tasks/{i}/result/")) for i in ids}
+    assert again == dirty, "deterministic per seed"
 
 
 # --- webhook --------------------------------------------------------------------------------
