@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
+import re
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, ExecuteInProcessResult, materialize
+from dagster import AssetCheckSeverity, AssetKey, ExecuteInProcessResult, materialize
 
 from pipelines.definitions import build_defs
 from pipelines.lake import Lake
 from pipelines.simulator.autopi import AutoPiServer, env
 from pipelines.simulator.world import Trip, World
-from pipelines.sources.autopi.assets import reexport_trips, summary_line
+from pipelines.sources.autopi.assets import build_autopi_exports, reexport_trips, summary_line
 
 TRIPS_KEY = AssetKey(["raw", "autopi", "trips"])
 POINTS_KEY = AssetKey(["raw", "autopi", "datapoints"])
@@ -104,6 +110,22 @@ def export_lines(server: AutoPiServer, trip_id: str) -> list[str]:
     return gzip.decompress(server.export_bytes(task, current[0])).decode().splitlines()
 
 
+def not_parquet(lake_dir: Path) -> list[Path]:
+    """Files under the raw AutoPi tables' folders other than their Parquet files."""
+    found = []
+    for table in ("trips", "datapoints"):
+        folder = Path(lake_dir) / "autopi" / table
+        found += [p for p in folder.rglob("*") if p.is_file() and p.suffix != ".parquet"]
+    return found
+
+
+def checks(result: ExecuteInProcessResult) -> dict[tuple[str, str], Any]:
+    return {
+        (c.asset_key.to_user_string(), c.check_name): c
+        for c in result.get_asset_check_evaluations()
+    }
+
+
 def landed_counts(env_) -> dict[str, int]:
     table = Lake(env_.lake_dir).read("autopi", "datapoints")
     counts: dict[str, int] = {}
@@ -136,6 +158,12 @@ def test_a_run_lands_every_finished_export_once_and_clears_each_once(
         done
     )
     assert points_meta["rows"] == sum(counts.values()) and points_meta["malformed_lines"] == 0
+    assert points_meta["quarantined_rows"] == trips_meta["quarantined_rows"] == 0
+    days = sorted({t.started_at.date().isoformat() for t in done})
+    assert points_meta["days_written"] == trips_meta["days_written"] == days
+    evaluations = checks(result)
+    assert evaluations[("raw/autopi/datapoints", "no_quarantined_rows")].passed
+    assert evaluations[("raw/autopi/trips", "no_quarantined_rows")].passed
     assert trips_meta["api_requests"] >= 1 + 2 * len(done)
     assert summary_line(result).startswith(f"{len(done)} trip export(s) landed and cleared")
     # one file per trip per table, plus the schema-only placeholders
@@ -148,6 +176,7 @@ def test_a_run_lands_every_finished_export_once_and_clears_each_once(
     again = run()
     assert again.success
     assert meta(again, TRIPS_KEY)["rows"] == 0
+    assert meta(again, TRIPS_KEY)["days_written"] == meta(again, POINTS_KEY)["days_written"] == []
     assert dict(server.clear_calls) == dict.fromkeys(task_ids, 1), "nothing cleared twice"
     assert landed_counts(autopi_env) == counts
 
@@ -240,17 +269,118 @@ def test_malformed_lines_are_quarantined_with_exact_counts(
                 bad.append((n, line))
         total_bad += len(bad)
         assert counts[trip.trip_id] == len(lines) - len(bad)
-        folder = lake.partition_dir("autopi", "datapoints", trip.started_at.date())
-        quarantine = folder / f"{trip.trip_id}.quarantine.jsonl"
+        folder = lake.partition_dir("autopi", "quarantine", trip.started_at.date())
+        quarantine = folder / f"{trip.trip_id}.parquet"
         if bad:
-            got = [json.loads(x) for x in quarantine.read_text().splitlines()]
-            assert [(e["line_no"], e["line"]) for e in got] == bad
+            got = pq.read_table(quarantine).to_pylist()
+            assert [(e["line_number"], e["payload"]) for e in got] == bad
+            assert all(e["reason"].startswith("invalid JSON") for e in got)
         else:
             assert not quarantine.exists()
     assert total_bad > 0
+    assert not not_parquet(autopi_env.lake_dir)
     assert meta(result, POINTS_KEY)["malformed_lines"] == total_bad
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert not checks["no_malformed_lines"].passed
+    assert meta(result, POINTS_KEY)["quarantined_rows"] == total_bad
+    check = checks(result)[("raw/autopi/datapoints", "no_quarantined_rows")]
+    assert not check.passed and check.severity == AssetCheckSeverity.WARN
+    assert f"{autopi_env.lake_dir}/autopi/quarantine/" in check.description
+
+
+_DECIMAL_COMMA = re.compile(r"-?[0-9]+,[0-9]+")
+
+
+def bad_value(line: str) -> tuple[str, str] | None:
+    """The test's own oracle of a line the pipeline must quarantine for a value: (field, value)
+    of a non-finite number, a decimal-comma number or a `@ts` that is not ISO-8601."""
+    found: list[str] = []
+    point = json.loads(line, parse_constant=lambda token: found.append(token) or math.nan)
+    for key, value in point.items():
+        if isinstance(value, float) and math.isnan(value) and found:
+            return key, found[0]
+        if isinstance(value, str) and _DECIMAL_COMMA.fullmatch(value):
+            return key, value
+    try:
+        datetime.fromisoformat(point["@ts"].replace("Z", "+00:00"))
+    except ValueError:
+        return "@ts", point["@ts"]
+    return None
+
+
+def test_unparseable_and_non_finite_values_are_quarantined_and_the_run_succeeds(
+    autopi_env, server: CuttingServer, clock: Clock, trips: list[Trip]
+) -> None:
+    done = finished(trips, clock)
+    server.faults.update(bad_value_rate=0.03, bad_trip_rate=0.3, seed=11)
+    result = run()
+    assert result.success
+    lake = Lake(autopi_env.lake_dir)
+    counts = landed_counts(autopi_env)
+    landed_trips = {r["trip_id"] for r in lake.read("autopi", "trips").to_pylist()}
+    expected: dict[tuple[str, int], tuple[str, str, str]] = {}
+    for trip in done:
+        head, *lines = export_lines(server, trip.trip_id)
+        distance = json.loads(head)["distanceKm"]
+        if isinstance(distance, float) and math.isnan(distance):
+            expected[(trip.trip_id, 1)] = ("trips", "distanceKm", "NaN")
+            assert trip.trip_id not in landed_trips
+        else:
+            assert trip.trip_id in landed_trips
+        bad = 0
+        for n, line in enumerate(lines, start=2):
+            if found := bad_value(line):
+                expected[(trip.trip_id, n)] = ("datapoints", *found)
+                bad += 1
+        assert counts[trip.trip_id] == len(lines) - bad, "every other line landed"
+    kinds = {value for _, _, value in expected.values()}
+    assert {"NaN", "Infinity", "-Infinity"} <= kinds and any("," in k for k in kinds)
+    assert any(field == "@ts" for _, field, _ in expected.values())
+    assert ("trips", "distanceKm", "NaN") in expected.values()
+
+    kept = lake.read("autopi", "quarantine").to_pylist()
+    got = {(q["trip_id"], q["line_number"]): (q["table"], q["field"], q["value"]) for q in kept}
+    assert got == expected
+    for q in kept:
+        assert q["reason"].startswith(f"{q['field']}: {q['value']!r} is not ")
+        assert q["day"] == next(t for t in done if t.trip_id == q["trip_id"]).started_at.date()
+    assert not not_parquet(autopi_env.lake_dir)
+    points = lake.read("autopi", "datapoints")
+    for name in points.column_names:
+        if pa.types.is_floating(points.schema.field(name).type):
+            assert pc.all(pc.is_finite(points[name]), skip_nulls=True).as_py() is not False, name
+    assert not any("," in (v or "") for v in points["obd.speed.unit"].to_pylist())
+
+    trips_meta, points_meta = meta(result, TRIPS_KEY), meta(result, POINTS_KEY)
+    quarantined_trips = sum(1 for table, _, _ in expected.values() if table == "trips")
+    assert trips_meta["quarantined_rows"] == quarantined_trips
+    assert points_meta["quarantined_rows"] == len(expected) - quarantined_trips
+    assert trips_meta["rows"] == len(done) - quarantined_trips
+    evaluations = checks(result)
+    for asset in ("raw/autopi/trips", "raw/autopi/datapoints"):
+        check = evaluations[(asset, "no_quarantined_rows")]
+        assert not check.passed and check.severity == AssetCheckSeverity.WARN
+    assert "is not a finite number" in str(
+        evaluations[("raw/autopi/datapoints", "no_quarantined_rows")].metadata["reasons"].value
+    )
+    for spec in build_autopi_exports().check_specs:
+        if spec.name == "no_quarantined_rows":  # where the rows are and what to do
+            assert "<lake>/autopi/quarantine/" in spec.description
+            assert "fleet autopi reexport" in spec.description
+
+    # The trip sent clean again: its re-landing removes its quarantine and lands its row.
+    victim = next(t for t in done if (t.trip_id, 1) in expected)
+    server.faults.update(bad_value_rate=0, bad_trip_rate=0)
+    relanded = reexport_trips([victim.trip_id], wait_s=5)
+    assert relanded.success
+    assert (
+        not lake.partition_dir("autopi", "quarantine", victim.started_at.date())
+        .joinpath(f"{victim.trip_id}.parquet")
+        .exists()
+    )
+    assert victim.trip_id in {r["trip_id"] for r in lake.read("autopi", "trips").to_pylist()}
+    assert (
+        landed_counts(autopi_env)[victim.trip_id] == len(export_lines(server, victim.trip_id)) - 1
+    )
+    assert meta(relanded, TRIPS_KEY)["days_written"] == [victim.started_at.date().isoformat()]
 
 
 def test_the_reexport_job_lands_a_trip_whose_export_was_cleared(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,11 @@ import pytest
 from pipelines.lake import Lake
 from pipelines.sources.autopi import export
 from pipelines.sources.autopi.export import DATAPOINTS_SCHEMA, CorruptExport
-from pipelines.sources.autopi.landing import QUARANTINE_SUFFIX, land_export
+from pipelines.sources.autopi.landing import (
+    LEGACY_QUARANTINE_SUFFIX,
+    land_export,
+    migrate_legacy_quarantine,
+)
 
 T0 = datetime(2026, 3, 30, 23, 59, 0, tzinfo=UTC)  # starts late: the UTC day is the 30th
 TRIP = {
@@ -91,6 +96,19 @@ def rows(lake: Lake) -> list[dict[str, Any]]:
     return lake.read("autopi", "datapoints").to_pylist()
 
 
+def quarantined(lake: Lake) -> list[dict[str, Any]]:
+    return lake.read("autopi", "quarantine").to_pylist()
+
+
+def not_parquet(lake: Lake) -> list[Path]:
+    """Files inside the raw tables' folders that are not their Parquet files."""
+    found = []
+    for table in ("trips", "datapoints"):
+        folder = lake.table_dir("autopi", table)
+        found += [p for p in folder.rglob("*") if p.is_file() and p.suffix != ".parquet"]
+    return found
+
+
 @pytest.mark.parametrize("n", [300, 3000], ids=["slow-path", "fast-path"])
 def test_every_key_of_every_line_survives_typed_or_in_extra(tmp_path: Path, n: int) -> None:
     points = datapoints(n)
@@ -161,27 +179,138 @@ def test_malformed_lines_are_quarantined_with_exact_numbers_and_the_rest_lands(
     assert landed.stats.malformed == 3 and landed.stats.blank_lines == 1
     assert landed.stats.datapoints == len(points) - 4
     quarantine = landed.quarantine_file
-    assert quarantine is not None and quarantine.name == f"trip-a{QUARANTINE_SUFFIX}"
-    assert quarantine.parent == lake.files("autopi", "datapoints")[0].parent
-    entries = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert quarantine is not None and quarantine.rows == 3
+    assert (
+        quarantine.path == lake.partition_dir("autopi", "quarantine", T0.date()) / "trip-a.parquet"
+    )
+    assert not not_parquet(lake)
+    entries = quarantined(lake)
     # line 1 is the trip; datapoint i is line i + 2 (the blank line shifts those after it)
     expected = {i + 2 + (i >= 2000): text for i, text in bad.items()}
-    assert {e["line_no"]: e["line"] for e in entries} == expected
-    assert all(e["reason"] for e in entries)
+    assert {e["line_number"]: e["payload"] for e in entries} == expected
+    assert all(e["reason"] and e["table"] == "datapoints" for e in entries)
+    assert {e["trip_id"] for e in entries} == {"trip-a"}
     line_nos = [r["line_no"] for r in rows(lake)]
     assert not set(line_nos) & set(expected) and len(line_nos) == len(set(line_nos))
 
 
-def test_a_value_of_the_wrong_type_moves_to_extra_instead_of_failing(tmp_path: Path) -> None:
+def test_a_value_of_the_wrong_type_is_quarantined_with_its_field_instead_of_failing(
+    tmp_path: Path,
+) -> None:
     points = datapoints(1200)
     points[601]["obd.speed.value"] = "fast"
     points[602]["@vid"] = 5001.5
     lake, landed = land(tmp_path, points)
     got = {r["line_no"]: r for r in rows(lake)}
-    assert got[603]["obd.speed.value"] is None
-    assert json.loads(got[603]["extra"])["obd.speed.value"] == "fast"
-    assert got[604]["@vid"] is None and json.loads(got[604]["extra"])["@vid"] == 5001.5
-    assert landed.stats.moved_to_extra == 2 and landed.stats.malformed == 0
+    assert 603 not in got and 604 not in got and len(got) == 1198
+    kept = {q["line_number"]: q for q in quarantined(lake)}
+    assert (kept[603]["field"], kept[603]["value"]) == ("obd.speed.value", "fast")
+    assert kept[603]["reason"] == "obd.speed.value: 'fast' is not a number"
+    assert (kept[604]["field"], kept[604]["value"]) == ("@vid", "5001.5")
+    assert json.loads(kept[604]["payload"]) == points[602]
+    assert landed.stats.invalid == 2 and landed.stats.malformed == 0
+
+
+BAD_VALUES = {
+    "NaN": ('"obd.speed.value":NaN', "obd.speed.value", "NaN", "is not a finite number"),
+    "Infinity": (
+        '"obd.speed.value":Infinity',
+        "obd.speed.value",
+        "Infinity",
+        "is not a finite number",
+    ),
+    "-Infinity": (
+        '"obd.rpm.value":-Infinity',
+        "obd.rpm.value",
+        "-Infinity",
+        "is not a finite number",
+    ),
+    "overflow": ('"obd.speed.value":1e999', "obd.speed.value", "1e999", "is not a finite number"),
+    "decimal comma": ('"obd.speed.value":"12,5"', "obd.speed.value", "12,5", "is not a number"),
+    "location NaN": (
+        '"track.pos.loc":{"lat":NaN,"lon":24.7}',
+        "track.pos.loc.lat",
+        "NaN",
+        "is not a finite number",
+    ),
+    "undeclared NaN": (
+        '"obd.speed.raw":[1,NaN]',
+        "obd.speed.raw[1]",
+        "NaN",
+        "is not a finite number",
+    ),
+    "bad timestamp": (
+        '"@rec":"30/03/2026 23:59:00"',
+        "@rec",
+        "30/03/2026 23:59:00",
+        "is not an ISO-8601 timestamp",
+    ),
+}
+
+
+@pytest.mark.parametrize("n", [300, 3000], ids=["slow-path", "fast-path"])
+@pytest.mark.parametrize("case", list(BAD_VALUES), ids=list(BAD_VALUES))
+def test_a_line_with_an_unparseable_or_non_finite_value_is_quarantined_never_landed(
+    tmp_path: Path, case: str, n: int
+) -> None:
+    text, field, value, why = BAD_VALUES[case]
+    points: list[str | dict[str, Any]] = [json.dumps(p) for p in datapoints(n)]
+    bad = n // 2
+    points[bad] = '{"@ts":"2026-03-30T23:59:30Z","@t":"obd.speed",' + text + "}"
+    lake, landed = land(tmp_path, points)
+    (kept,) = quarantined(lake)
+    assert kept["reason"] == f"{field}: {value!r} {why}"
+    assert (kept["table"], kept["field"], kept["value"]) == ("datapoints", field, value)
+    assert (kept["trip_id"], kept["line_number"], kept["payload"]) == (
+        "trip-a",
+        bad + 2,
+        points[bad],
+    )
+    assert landed.stats.invalid == 1 and landed.stats.malformed == 0
+    got = rows(lake)
+    assert len(got) == n - 1 and bad + 2 not in {r["line_no"] for r in got}
+    for row in got:  # nothing non-finite reached the table, typed or in `extra`
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+        json.loads(row["extra"] or "{}", parse_constant=pytest.fail)
+    assert not not_parquet(lake)
+
+
+@pytest.mark.parametrize(
+    ("key", "sent", "reason"),
+    [
+        ("distanceKm", float("nan"), "distanceKm: 'NaN' is not a finite number"),
+        ("distanceKm", "12,5", "distanceKm: '12,5' is not a number"),
+        (
+            "start_position_lat",
+            float("inf"),
+            "start_position_lat: 'Infinity' is not a finite number",
+        ),
+        (
+            "end_time_utc",
+            "31.03.2026 00:40",
+            "end_time_utc: '31.03.2026 00:40' is not an ISO-8601 timestamp",
+        ),
+        ("duration", "41 min", "duration: '41 min' is not a number"),
+    ],
+)
+def test_a_trip_object_with_a_bad_value_is_quarantined_and_its_datapoints_still_land(
+    tmp_path: Path, key: str, sent: Any, reason: str
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    trip = {**TRIP, key: sent}
+    path = write_export(tmp_path / "bad.json.gz", datapoints(40), trip=trip)
+    landed = land_export(lake, path, task_id=7, trip_id="trip-a", sha256="1")
+    assert landed.trips_file is None and len(lake.read("autopi", "trips")) == 0
+    assert len(rows(lake)) == 40 == landed.stats.datapoints
+    (kept,) = quarantined(lake)
+    assert (kept["table"], kept["reason"], kept["field"]) == ("trips", reason, key)
+    assert (kept["line_number"], json.loads(kept["payload"])["id"]) == (1, "trip-a")
+    assert kept["value"] == reason.split("'")[1]
+
+    clean = write_export(tmp_path / "clean.json.gz", datapoints(40))
+    relanded = land_export(lake, clean, task_id=7, trip_id="trip-a", sha256="2")
+    assert relanded.trips_file is not None and len(lake.read("autopi", "trips")) == 1
+    assert not quarantined(lake) and not lake.files("autopi", "quarantine")
 
 
 def test_the_trip_row_is_typed_and_keeps_the_whole_trip_object(tmp_path: Path) -> None:
@@ -235,9 +364,53 @@ def test_relanding_a_trip_replaces_its_files_and_drops_a_stale_quarantine(tmp_pa
     lake = Lake(tmp_path / "lake")
     first = write_export(tmp_path / "1.json.gz", [*datapoints(50), "{oops"])
     land_export(lake, first, task_id=1, trip_id="trip-a", sha256="1")
-    assert list(lake.partition_dir("autopi", "datapoints", T0.date()).glob("*.jsonl"))
-    second = write_export(tmp_path / "2.json.gz", datapoints(80))
-    land_export(lake, second, task_id=1, trip_id="trip-a", sha256="2")
+    assert [q["payload"] for q in quarantined(lake)] == ["{oops"]
+    again = write_export(tmp_path / "2.json.gz", [*datapoints(60), "[]", "{oops"])
+    land_export(lake, again, task_id=1, trip_id="trip-a", sha256="2")
+    assert [q["payload"] for q in quarantined(lake)] == ["[]", "{oops"], "replaced, not added"
+    # an older version's quarantine file beside the datapoints goes with the next landing
+    points_dir = lake.partition_dir("autopi", "datapoints", T0.date())
+    (points_dir / f"trip-a{LEGACY_QUARANTINE_SUFFIX}").write_text('{"line_no": 3}\n')
+    clean = write_export(tmp_path / "3.json.gz", datapoints(80))
+    land_export(lake, clean, task_id=1, trip_id="trip-a", sha256="3")
     assert len(lake.read("autopi", "datapoints")) == 80
     assert len(lake.files("autopi", "trips")) == len(lake.files("autopi", "datapoints")) == 1
-    assert not list(lake.partition_dir("autopi", "datapoints", T0.date()).glob("*.jsonl"))
+    assert not lake.files("autopi", "quarantine") and not not_parquet(lake)
+
+
+def test_a_relanding_under_another_day_moves_the_quarantine_too(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    first = write_export(tmp_path / "1.json.gz", [*datapoints(20), "{oops"])
+    land_export(lake, first, task_id=1, trip_id="trip-a", sha256="1")
+    later = {**TRIP, "start_time_utc": "2026-03-31T00:01:00Z"}
+    moved = write_export(tmp_path / "2.json.gz", [*datapoints(20), "{oops"], trip=later)
+    land_export(lake, moved, task_id=1, trip_id="trip-a", sha256="2", previous_day=T0.date())
+    (kept,) = lake.files("autopi", "quarantine")
+    assert kept.parent.name == "day=2026-03-31"
+
+
+def test_legacy_quarantine_files_migrate_into_the_quarantine_table(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    land_export(
+        lake,
+        write_export(tmp_path / "a.json.gz", datapoints(10)),
+        task_id=1,
+        trip_id="trip-a",
+        sha256="1",
+    )
+    folder = lake.partition_dir("autopi", "datapoints", T0.date())
+    entries = [
+        {"line_no": 4, "reason": "invalid JSON: Expecting value", "line": '{"@t":'},
+        {"line_no": 9, "reason": "not UTF-8", "line_b64": "/w=="},
+    ]
+    legacy = folder / f"trip-b{LEGACY_QUARANTINE_SUFFIX}"
+    legacy.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert migrate_legacy_quarantine(lake) == 1
+    assert not legacy.exists() and not not_parquet(lake)
+    got = quarantined(lake)
+    assert [(q["trip_id"], q["line_number"], q["reason"], q["payload"]) for q in got] == [
+        ("trip-b", 4, "invalid JSON: Expecting value", '{"@t":'),
+        ("trip-b", 9, "not UTF-8", "\\xff"),
+    ]
+    assert {q["day"] for q in got} == {T0.date()}
+    assert migrate_legacy_quarantine(lake) == 0

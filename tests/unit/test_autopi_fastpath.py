@@ -51,6 +51,10 @@ TRICKY = {
     "trailing comma": "{" + TS + ',"obd.speed.value":1,}',
     "trailing comma in array": "{" + TS + ',"x.y":[1,2,]}',
     "NaN": "{" + TS + ',"obd.speed.value":NaN}',
+    "Infinity": "{" + TS + ',"obd.speed.value":Infinity}',
+    "-Infinity": "{" + TS + ',"track.pos.loc":{"lat":-Infinity,"lon":2}}',
+    "NaN in an undeclared key": "{" + TS + ',"obd.speed.raw":NaN}',
+    "decimal comma": "{" + TS + ',"obd.speed.value":"12,5"}',
     "huge exponent": "{" + TS + ',"obd.speed.value":1e999}',
     "exponent and sign": "{" + TS + ',"obd.speed.value":-1.5e2,"obd.maf.value":-0}',
     "float vehicle id": "{" + TS + ',"@vid":5001.0}',
@@ -135,7 +139,7 @@ def test_a_tricky_line_is_refused_or_read_exactly_alike(case: str, tmp_path: Pat
         extra_got, extra_want = got.pop("extra"), want.pop("extra")
         assert comparable(got) == comparable(want)
         assert json.loads(extra_got or "{}") == json.loads(extra_want or "{}")
-    for counter in ("datapoints", "malformed", "blank_lines", "moved_to_extra", "undeclared"):
+    for counter in ("datapoints", "malformed", "invalid", "blank_lines", "undeclared"):
         assert getattr(fast_stats, counter) == getattr(slow_stats, counter), counter
     assert fast_bad == slow_bad
 
@@ -173,3 +177,26 @@ def test_learned_keys_keep_nested_values_colons_and_commas_exactly(tmp_path: Pat
     extras = [json.loads(e) for e in table.column("extra").to_pylist()]
     want = [{k: p[k] for k in ("x.y", "a:b,c")} for p in points]
     assert extras == want
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity", "1e999", '{"a":[1,Infinity]}'], ids=str)
+def test_a_learned_key_holding_a_non_finite_number_is_never_landed_by_the_fast_path(
+    value: str, tmp_path: Path
+) -> None:
+    """DuckDB hands an undeclared key's value over as its text, `NaN` included: the fast path
+    must leave that segment to the careful path, which quarantines the line."""
+    lines = [clean_line(i)[:-1] + f',"obd.speed.raw":{i}}}' for i in range(CLEAN)]
+    lines[300] = clean_line(300)[:-1] + f',"obd.speed.raw":{value}}}'
+    data = ("\n".join(lines) + "\n").encode()
+    reader = export._Reader("t", tmp_path)
+    reader.learn(["obd.speed.raw"])
+    try:
+        table, tally = reader.parse(data, 2, CLEAN)
+    finally:
+        reader.close()
+    assert table.num_rows == CLEAN - 1 and 302 not in table.column("line_no").to_pylist()
+    (bad,) = tally.bad
+    assert (bad.line_no, bad.field) == (302, "obd.speed.raw" + (".a[1]" if "[" in value else ""))
+    assert tally.stats.invalid == 1
+    for extra in table.column("extra").to_pylist():
+        json.loads(extra, parse_constant=pytest.fail)

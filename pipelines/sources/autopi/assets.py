@@ -22,6 +22,7 @@ from dagster import (
     ExecuteInProcessResult,
     Failure,
     MaterializeResult,
+    MetadataValue,
     RunConfig,
     RunRequest,
     SensorEvaluationContext,
@@ -34,6 +35,7 @@ from dagster import (
 from pydantic import Field
 
 from pipelines.http import VendorAPIError
+from pipelines.lake import QUARANTINE_TABLE
 from pipelines.resources import LakeResource, credential_failure
 from pipelines.settings import MissingCredentialError
 from pipelines.sources.autopi.drain import (
@@ -42,6 +44,7 @@ from pipelines.sources.autopi.drain import (
     request_reexports,
     waiting_exports,
 )
+from pipelines.sources.autopi.landing import DATAPOINTS, EMPTY_DAY, SOURCE, TRIPS
 from pipelines.sources.autopi.resources import AutoPiResource
 from pipelines.sources.autopi.state import STATE_DIR, ExportLedger, state_path
 
@@ -52,6 +55,17 @@ OP_NAME = "autopi_exports"
 SENSOR_INTERVAL_S = 30  # AutoPi waits at least 10 minutes after a trip before exporting
 REREQUEST_AFTER_S = 600.0  # ask again for exports still waiting after this long
 LISTED = 20  # ids shown in metadata before "..."
+REASONS_SHOWN = 10  # quarantine reasons shown in a check's metadata
+QUARANTINE_CHECK = "no_quarantined_rows"
+QUARANTINE_HELP = (
+    "Rows that could not land (a line that is not a JSON object; a value that does not parse "
+    'as its type or is not a finite number, such as NaN, Infinity or "12,5") are kept in '
+    "<lake>/autopi/quarantine/day=<trip day>/<trip_id>.parquet with their reason, field, "
+    "value and raw line (payload, line_number); the trip's other rows landed. To act: read "
+    "the reasons; if the device or AutoPi sends them, fix it there (or, if the value is "
+    "valid, teach pipelines/sources/autopi/export.py to read it), then re-land the trip with "
+    "`fleet autopi reexport TRIP_ID`: a clean re-landing removes its quarantine file."
+)
 
 
 class AutoPiDrainConfig(Config):
@@ -87,7 +101,8 @@ def build_autopi_exports() -> AssetsDefinition:
                 description=(
                     "One row per AutoPi trip export (the export's first line, typed, plus the "
                     "task, result hash and counts), in day=<UTC day of the trip start>, one "
-                    "file per trip so a re-export replaces it."
+                    "file per trip so a re-export replaces it. A trip object with a value "
+                    "that does not parse is quarantined in autopi/quarantine/ instead."
                 ),
             ),
             AssetSpec(
@@ -96,8 +111,9 @@ def build_autopi_exports() -> AssetsDefinition:
                 kinds={"python", "parquet"},
                 description=(
                     "Every datapoint of every landed export, one file per trip: declared keys "
-                    "typed, every other key kept in the `extra` JSON column; malformed lines "
-                    "in <trip>.quarantine.jsonl beside the file."
+                    "typed, every other key kept in the `extra` JSON column. Malformed lines "
+                    "and lines with an unparseable or non-finite value are quarantined in "
+                    "autopi/quarantine/day=<trip day>/<trip_id>.parquet, never landed here."
                 ),
             ),
         ],
@@ -108,9 +124,14 @@ def build_autopi_exports() -> AssetsDefinition:
                 description="Warns when exports carry keys with no typed column (kept in `extra`).",
             ),
             AssetCheckSpec(
-                "no_malformed_lines",
+                QUARANTINE_CHECK,
                 asset=DATAPOINTS_KEY,
-                description="Warns when lines were quarantined instead of landed.",
+                description="Warns when datapoint lines were quarantined. " + QUARANTINE_HELP,
+            ),
+            AssetCheckSpec(
+                QUARANTINE_CHECK,
+                asset=TRIPS_KEY,
+                description="Warns when trip objects were quarantined. " + QUARANTINE_HELP,
             ),
             AssetCheckSpec(
                 "finished_exports_landed",
@@ -163,25 +184,65 @@ def build_autopi_exports() -> AssetsDefinition:
             f"{len(report.gone)} gone, {len(report.failed)} failed "
             f"in {time.monotonic() - started:.1f}s"
         )
-        yield from _results(report, client.stats.as_metadata(), refused)
+        quarantine_dir = lake_.root / SOURCE / QUARANTINE_TABLE
+        yield from _results(report, client.stats.as_metadata(), refused, quarantine_dir)
 
     return autopi_exports
 
 
+def _days(days: set[Any]) -> MetadataValue:
+    """`days_written`: the UTC days a table's files were written to, as sorted ISO dates (the
+    placeholder day of the schema-only files is no data day)."""
+    return MetadataValue.json(sorted(d.isoformat() for d in days if d != EMPTY_DAY))
+
+
+def _quarantine_check(
+    asset_key: AssetKey, reasons: dict[str, int], trips: list[str], quarantine_dir: Path
+) -> AssetCheckResult:
+    """WARN when rows meant for the asset's table were quarantined: how many, where, why."""
+    rows = sum(reasons.values())
+    if rows:
+        description = (
+            f"{rows} row(s) of {len(trips)} trip(s) quarantined in {quarantine_dir}/ "
+            "(one file per trip, under the trip's day); see the check's description for what "
+            "to do. Most frequent: " + "; ".join(list(reasons)[:3])
+        )
+    else:
+        description = "no row of the landed exports was quarantined"
+    return AssetCheckResult(
+        check_name=QUARANTINE_CHECK,
+        asset_key=asset_key,
+        passed=rows == 0,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "quarantined_rows": rows,
+            "quarantine_dir": str(quarantine_dir),
+            "trip_ids": ", ".join(trips[:LISTED]),
+            "reasons": MetadataValue.json(dict(list(reasons.items())[:REASONS_SHOWN])),
+        },
+    )
+
+
 def _results(
-    report: DrainReport, api: dict[str, float | int], refused: dict[str, str]
+    report: DrainReport,
+    api: dict[str, float | int],
+    refused: dict[str, str],
+    quarantine_dir: Path,
 ) -> Iterator[Any]:
     landed = report.landed
-    trips_bytes = sum(t.trips_file.bytes for t in landed)
+    trip_rows = [t for t in landed if t.trips_file is not None]
+    trips_bytes = sum(t.trips_file.bytes for t in trip_rows if t.trips_file is not None)
     points_bytes = sum(t.datapoints_file.bytes for t in landed)
-    quarantined = [t for t in landed if t.quarantine_file is not None]
     undeclared = report.undeclared
     yield MaterializeResult(
         asset_key=TRIPS_KEY,
         metadata={
-            "rows": len(landed),
-            "files": len(landed),
+            "rows": len(trip_rows),
+            "files": len(trip_rows),
             "bytes": trips_bytes,
+            "days_written": _days({t.day for t in trip_rows}),
+            "quarantined_rows": report.quarantined_trips,
             **api,
             "exports_listed": report.listed,
             "exports_pending": len(report.pending),
@@ -201,15 +262,15 @@ def _results(
         asset_key=DATAPOINTS_KEY,
         metadata={
             "rows": report.datapoints,
-            "files": len(landed) + len(quarantined),
+            "files": len(landed),
             "bytes": points_bytes,
+            "days_written": _days({t.day for t in landed}),
             **api,
+            "quarantined_rows": report.quarantined_datapoints,
             "malformed_lines": report.malformed,
-            "quarantine_files": len(quarantined),
             "undeclared_keys": json.dumps(undeclared),
             "new_keys": ", ".join(report.new_keys),
             "slow_path_lines": sum(t.stats.slow_lines for t in landed),
-            "values_moved_to_extra": sum(t.stats.moved_to_extra for t in landed),
             "decompressed_bytes": sum(t.stats.decompressed_bytes for t in landed),
         },
     )
@@ -229,15 +290,17 @@ def _results(
             "new_keys": ", ".join(report.new_keys),
         },
     )
-    yield AssetCheckResult(
-        check_name="no_malformed_lines",
-        asset_key=DATAPOINTS_KEY,
-        passed=report.malformed == 0,
-        severity=AssetCheckSeverity.WARN,
-        metadata={
-            "malformed_lines": report.malformed,
-            "quarantine_files": ", ".join(str(t.quarantine_file) for t in quarantined[:LISTED]),
-        },
+    yield _quarantine_check(
+        DATAPOINTS_KEY,
+        report.quarantine_reasons(DATAPOINTS),
+        [t.trip_id for t in landed if t.quarantined_datapoints],
+        quarantine_dir,
+    )
+    yield _quarantine_check(
+        TRIPS_KEY,
+        report.quarantine_reasons(TRIPS),
+        [t.trip_id for t in landed if t.trip_quarantined],
+        quarantine_dir,
     )
     problems = {**report.failed, **{k: f"not cleared: {v}" for k, v in report.not_cleared.items()}}
     yield AssetCheckResult(
@@ -359,9 +422,10 @@ def summary_line(result: ExecuteInProcessResult) -> str:
     trips, points = found.get(TRIPS_KEY), found.get(DATAPOINTS_KEY)
     if trips is None or points is None:
         return "AutoPi: nothing landed"
+    quarantined = int(points["quarantined_rows"]) + int(trips["quarantined_rows"])
     line = (
-        f"{trips['rows']} trip export(s) landed and cleared ({points['rows']:,} datapoints, "
-        f"{points['malformed_lines']} malformed line(s) quarantined), "
+        f"{trips['exports_landed']} trip export(s) landed and cleared "
+        f"({points['rows']:,} datapoints, {quarantined} row(s) quarantined), "
         f"{trips['exports_pending']} pending, requests={trips['api_requests']}"
     )
     if trips["exports_failed"]:

@@ -23,13 +23,16 @@ from pipelines.sources.autopi.landing import (
     LandedTrip,
     ensure_schema_files,
     land_export,
+    migrate_legacy_quarantine,
     sha256_of,
 )
-from pipelines.sources.autopi.state import ExportLedger, ExportRecord
+from pipelines.sources.autopi.state import STATE_DIR, ExportLedger, ExportRecord
 
 DOWNLOAD_ATTEMPTS = 3  # a file that fails its gzip check is fetched again this many times
 SIGNAL_LOOKBACK_S = 7 * 86400  # webhook signals older than this no longer matter
 REEXPORT_POLL_S = 5.0
+LEGACY_QUARANTINE_MIGRATED = STATE_DIR / "legacy-quarantine-migrated"
+"""Marker (lake-relative): the one-off move of `*.quarantine.jsonl` files has run."""
 
 Log = Callable[[str], None]
 
@@ -50,6 +53,7 @@ class DrainReport:
     redownloads: int = 0
     new_keys: list[str] = field(default_factory=list)
     schema_files: int = 0
+    legacy_quarantine_moved: int = 0
 
     @property
     def datapoints(self) -> int:
@@ -58,6 +62,22 @@ class DrainReport:
     @property
     def malformed(self) -> int:
         return sum(t.stats.malformed for t in self.landed)
+
+    @property
+    def quarantined_datapoints(self) -> int:
+        return sum(t.quarantined_datapoints for t in self.landed)
+
+    @property
+    def quarantined_trips(self) -> int:
+        return sum(t.trip_quarantined for t in self.landed)
+
+    def quarantine_reasons(self, table: str) -> dict[str, int]:
+        """How often each reason was given for rows of `table`, most frequent first."""
+        reasons: dict[str, int] = {}
+        for trip in self.landed:
+            for reason, count in trip.quarantine_reasons.get(table, {}).items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        return dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
 
     @property
     def undeclared(self) -> dict[str, int]:
@@ -133,6 +153,7 @@ def drain_exports(
     """Land every finished export not landed yet and clear each one once it is safe."""
     report = DrainReport()
     report.schema_files = len(ensure_schema_files(lake))
+    report.legacy_quarantine_moved = _migrate_legacy_quarantine_once(lake, log)
     tasks = list(client.export_tasks()) if tasks is None else list(tasks)
     report.listed = len(tasks)
     report.pending = [t for t in tasks if not t.finished and t.state not in FINISHED_BAD]
@@ -152,6 +173,20 @@ def drain_exports(
         _take(client, lake, ledger, task, why, scratch_dir, report, log)
     ledger.prune_signals(SIGNAL_LOOKBACK_S)
     return report
+
+
+def _migrate_legacy_quarantine_once(lake: Lake, log: Log) -> int:
+    """Move an older version's quarantine files into the quarantine table, once per lake (the
+    search lists every datapoints day folder, so it is not repeated on every drain)."""
+    marker = lake.root / LEGACY_QUARANTINE_MIGRATED
+    if marker.exists():
+        return 0
+    moved = migrate_legacy_quarantine(lake)
+    if moved:
+        log(f"moved {moved} legacy *.quarantine.jsonl file(s) into autopi/quarantine/")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return moved
 
 
 def _take(

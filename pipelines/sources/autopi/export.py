@@ -11,13 +11,20 @@ bench/autopi_ingest.py):
 * every other key is kept in `extra`, a JSON object per row (NULL when a row has none), and
   counted as schema drift, so a key first seen late in a file, or never seen before, is never
   dropped and the file schema never depends on what a sample happened to contain;
+* values are validated where they enter: a line that is not a JSON object, or whose declared
+  key holds a value that does not parse as its type (`"12,5"` in a number, `"yesterday"` in
+  a timestamp), or that holds a number JSON cannot carry anywhere (`NaN`, `Infinity`,
+  `1e999`, which many emitters write and Python's json reads), is quarantined with its line
+  number, field, value and reason, never landed; no line ever fails the whole trip;
 * a segment is first offered to DuckDB's JSON reader (fastpath.py), whose answer is taken
   only when counting proves it exact; otherwise Arrow's JSON reader reads it against the
-  declared schema, and a segment Arrow refuses too (a malformed line, a value of the wrong
-  type, a duplicate key) is bisected down to small pieces read line by line in Python: bad
-  lines go to a quarantine file with their line number and reason, a wrongly typed value
-  moves to `extra`, and no line ever fails the whole trip. Keys the careful paths find are
-  learned, so the following segments are fast again.
+  declared schema, and a segment Arrow refuses too (a bad line, a duplicate key) or reads
+  leniently (a non-finite number) is bisected down to small pieces read line by line in
+  Python, which decides what is quarantined. Keys the careful paths find are learned, so the
+  following segments are fast again.
+
+The trip object (line 1) is validated the same way: a trip whose numbers or times do not
+parse is quarantined (`ParsedTrip.problem`) while its datapoints still land.
 
 The gzip stream must end with its trailer (CRC-32 and length are checked); a truncated or
 corrupt file raises `CorruptExport` before anything becomes visible.
@@ -27,8 +34,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import queue
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -173,17 +182,44 @@ class DatapointSink(Protocol):
     def write(self, table: pa.Table) -> None: ...
 
 
+@dataclass(frozen=True)
+class BadValue:
+    """Why a row cannot land: the field to blame, its value as sent (as text), what is wrong."""
+
+    field: str
+    value: str
+    why: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.field}: {self.value!r} {self.why}"
+
+
+@dataclass(frozen=True)
+class QuarantinedLine:
+    """One export line kept out of the lake's tables: its number, why, and its raw bytes;
+    `field` / `value` name the offending value when one is to blame (not for broken JSON)."""
+
+    line_no: int
+    reason: str
+    raw: bytes
+    field: str | None = None
+    value: str | None = None
+
+
 class QuarantineSink(Protocol):
-    def add(self, line_no: int, reason: str, raw: bytes) -> None: ...
+    def add(self, line: QuarantinedLine) -> None: ...
 
 
 @dataclass
 class ParsedTrip:
-    """The trip object of line 1, typed, and where its files belong."""
+    """The trip object of line 1, typed, and where its files belong. `problem` is set when a
+    value of the trip object does not parse: the row is then quarantined, not landed."""
 
     trip_id: str
     day: date
     row: dict[str, Any]
+    problem: BadValue | None = None
 
 
 @dataclass
@@ -191,9 +227,9 @@ class ExportStats:
     """What one export held, for metadata and the trips row."""
 
     datapoints: int = 0
-    malformed: int = 0
+    malformed: int = 0  # lines quarantined because they are not a JSON object
+    invalid: int = 0  # lines quarantined for a value that does not parse or is not finite
     blank_lines: int = 0
-    moved_to_extra: int = 0  # declared keys whose value had the wrong type
     undeclared: dict[str, int] = field(default_factory=dict)  # key -> values kept in `extra`
     slow_lines: int = 0  # lines read one by one in Python
     compressed_bytes: int = 0
@@ -203,11 +239,16 @@ class ExportStats:
         """Fold one segment's counts in (segments are parsed in parallel, tallied in order)."""
         self.datapoints += other.datapoints
         self.malformed += other.malformed
+        self.invalid += other.invalid
         self.blank_lines += other.blank_lines
-        self.moved_to_extra += other.moved_to_extra
         self.slow_lines += other.slow_lines
         for key, count in other.undeclared.items():
             self.undeclared[key] = self.undeclared.get(key, 0) + count
+
+    @property
+    def quarantined(self) -> int:
+        """Datapoint lines quarantined instead of landed."""
+        return self.malformed + self.invalid
 
 
 @dataclass
@@ -215,7 +256,84 @@ class _Tally:
     """What parsing one segment found besides its rows: counts and quarantined lines."""
 
     stats: ExportStats = field(default_factory=ExportStats)
-    bad: list[tuple[int, str, bytes]] = field(default_factory=list)
+    bad: list[QuarantinedLine] = field(default_factory=list)
+
+
+# --- JSON with its non-finite numbers kept visible --------------------------------------------
+
+_NOT_FINITE = "is not a finite number"
+
+
+class _NonFinite:
+    """A number JSON cannot carry (`NaN`, `Infinity`, `-Infinity`, or one beyond float64 such
+    as `1e999`), in place of the float Python's json would make of it: nothing can land it by
+    mistake, and the quarantine shows the text that was sent."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _parse_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, unless a key repeats (which value counts would be a guess)."""
+    obj = dict(items)
+    if len(obj) != len(items):
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+# Built once: json.loads with hooks builds a decoder per call, which doubles its cost.
+_LINE_DECODER = json.JSONDecoder(
+    object_pairs_hook=_pairs, parse_float=_parse_float, parse_constant=_NonFinite
+)
+_TRIP_DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_NonFinite)
+
+
+def _decode(raw: bytes, decoder: json.JSONDecoder) -> Any:
+    """`json.loads(raw)` (same encoding detection) with `decoder`'s hooks."""
+    return decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
+def _value_text(value: Any) -> str:
+    """A value as it was sent: a string as itself, anything else as its JSON text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, _NonFinite):
+        return value.text
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
+def _non_finite_in(value: Any, path: str) -> BadValue | None:
+    """The first non-finite number nested in `value`, named by its key path."""
+    if isinstance(value, _NonFinite):
+        return BadValue(path, value.text, _NOT_FINITE)
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{k}" if path else k, v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for sub_path, sub in items:
+        if found := _non_finite_in(sub, sub_path):
+            return found
+    return None
 
 
 # --- the trip object -----------------------------------------------------------------------
@@ -231,27 +349,55 @@ def _ts(value: Any) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_DURATION_TEXT = re.compile(r"[0-9]+(?::[0-5]?[0-9]){1,2}(?:\.[0-9]+)?")
+
+
+class _Unparseable(ValueError):
+    """A trip object's value that does not parse: why, for its `BadValue`."""
+
+
 def _float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool) or value == "":
+    """A number, or a number's text (AutoPi sends coordinates as `"56.144..."`); NULL when
+    absent or empty. Anything else, or a non-finite number, raises `_Unparseable`."""
+    if value is None or value == "":
         return None
+    if isinstance(value, _NonFinite):
+        raise _Unparseable(_NOT_FINITE)
+    if isinstance(value, str):
+        if not _NUMBER_TEXT.fullmatch(value.strip()):  # "12,5", "NaN", "inf", "1_000"
+            raise _Unparseable("is not a number")
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Unparseable("is not a number")
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+        number = float(value)
+    except OverflowError:  # an integer beyond float64
+        raise _Unparseable(_NOT_FINITE) from None
+    if not math.isfinite(number):
+        raise _Unparseable(_NOT_FINITE)
+    return number
 
 
 def _duration_s(value: Any) -> float | None:
-    """`"HH:MM:SS"` (as exported) or a number of seconds."""
+    """`"HH:MM:SS"` (as exported) or a number of seconds; `_Unparseable` otherwise."""
     if isinstance(value, str) and ":" in value:
-        try:
-            parts = [float(p) for p in value.split(":")]
-        except ValueError:
-            return None
+        if not _DURATION_TEXT.fullmatch(value.strip()):
+            raise _Unparseable("is not a duration (HH:MM:SS or seconds)")
         seconds = 0.0
-        for p in parts:
-            seconds = seconds * 60 + p
+        for p in value.strip().split(":"):
+            seconds = seconds * 60 + float(p)
         return seconds
     return _float(value)
+
+
+def _time(value: Any) -> datetime | None:
+    """An ISO-8601 time; NULL when absent or empty, `_Unparseable` otherwise."""
+    if value is None or value == "":
+        return None
+    parsed = _ts(value)
+    if parsed is None:
+        raise _Unparseable("is not an ISO-8601 timestamp")
+    return parsed
 
 
 def _address(display: Any) -> str | None:
@@ -264,7 +410,7 @@ def _address(display: Any) -> str | None:
 def parse_trip(line: bytes, expected_trip_id: str | None = None) -> ParsedTrip:
     """Line 1 of an export; raises `CorruptExport` when it is not this task's trip object."""
     try:
-        trip = json.loads(line)
+        trip = _decode(line, _TRIP_DECODER)
     except (ValueError, UnicodeDecodeError):
         raise CorruptExport("line 1 is not JSON (expected the trip object)") from None
     if not isinstance(trip, dict) or not isinstance(trip.get("id"), str) or not trip["id"]:
@@ -276,6 +422,15 @@ def parse_trip(line: bytes, expected_trip_id: str | None = None) -> ParsedTrip:
     if started is None:
         raise CorruptExport(f"trip {trip_id} has no readable start_time_utc")
     vehicle = trip.get("vehicle")
+    problems: list[BadValue] = []
+
+    def parsed(key: str, parse: Callable[[Any], Any]) -> Any:
+        try:
+            return parse(trip.get(key))
+        except _Unparseable as exc:
+            problems.append(BadValue(key, _value_text(trip[key]), str(exc)))
+            return None
+
     row = {
         "trip_id": trip_id,
         "device_id": str(trip["device"]) if trip.get("device") is not None else None,
@@ -283,21 +438,22 @@ def parse_trip(line: bytes, expected_trip_id: str | None = None) -> ParsedTrip:
         if isinstance(vehicle, int) and not isinstance(vehicle, bool)
         else None,
         "started_at": started,
-        "ended_at": _ts(trip.get("end_time_utc")),
-        "start_lat": _float(trip.get("start_position_lat")),
-        "start_lon": _float(trip.get("start_position_lng")),
+        "ended_at": parsed("end_time_utc", _time),
+        "start_lat": parsed("start_position_lat", _float),
+        "start_lon": parsed("start_position_lng", _float),
         "start_address": _address(trip.get("start_position_display")),
-        "end_lat": _float(trip.get("end_position_lat")),
-        "end_lon": _float(trip.get("end_position_lng")),
+        "end_lat": parsed("end_position_lat", _float),
+        "end_lon": parsed("end_position_lng", _float),
         "end_address": _address(trip.get("end_position_display")),
-        "duration_s": _duration_s(trip.get("duration")),
-        "distance_km": _float(trip.get("distanceKm")),
+        "duration_s": parsed("duration", _duration_s),
+        "distance_km": parsed("distanceKm", _float),
         "tag": str(trip["tag"]) if trip.get("tag") is not None else None,
         "personal": trip.get("personal") if isinstance(trip.get("personal"), bool) else None,
-        "last_recalc_at": _ts(trip.get("last_recalc")),
+        "last_recalc_at": parsed("last_recalc", _time),
         "trip_json": line.decode("utf-8", errors="replace").rstrip("\r\n"),
     }
-    return ParsedTrip(trip_id=trip_id, day=started.date(), row=row)
+    problem = problems[0] if problems else None
+    return ParsedTrip(trip_id=trip_id, day=started.date(), row=row, problem=problem)
 
 
 # --- gzip → newline-aligned segments --------------------------------------------------------
@@ -484,7 +640,8 @@ class _Reader:
     def _normalize(self, table: pa.Table, first_line: int, tally: _Tally) -> Any:
         """Arrow's table → DATAPOINTS_SCHEMA, or `_REREAD` when an undeclared key must be read
         as text (Arrow inferred a timestamp, which would rewrite the value), or `_SLOW` when an
-        undeclared key holds nested values whose exact JSON only the slow path keeps."""
+        undeclared key holds nested values whose exact JSON only the slow path keeps, or when
+        Arrow read a `NaN` or `Infinity` (which it accepts) that must be quarantined."""
         n = table.num_rows
         loc = table.column(LOC)
         loc_type: pa.StructType = loc.type
@@ -510,6 +667,10 @@ class _Reader:
                 columns[name] = pc.struct_field(loc, name.rsplit(".", 1)[1])
             else:
                 columns[name] = table.column(name)
+        numbers = [columns[k] for k, kind in DECLARED.items() if kind == F64]
+        numbers += [col for _, col in extras if pa.types.is_floating(col.type)]
+        if not all(fastpath.all_finite(col) for col in numbers):
+            return _SLOW
         present = [(k, col) for k, col in extras if col.null_count < len(col)]
         columns[EXTRA] = _extras_json([(k, _json_text(col)) for k, col in present], n)
         self.learn([k for k, _ in extras])
@@ -532,21 +693,30 @@ class _Reader:
             reason, point = _load_object(raw)
             if point is None:
                 stats.malformed += 1
-                tally.bad.append((line_no, reason, raw))
+                tally.bad.append(QuarantinedLine(line_no, reason, raw))
                 continue
             extras: dict[str, Any] = {}
             typed: dict[str, Any] = {}
-            for key, value in point.items():
-                if key == LOC and isinstance(value, dict):
-                    for sub, subvalue in value.items():
-                        self._place(f"{LOC}.{sub}", subvalue, typed, extras, stats)
-                else:
-                    self._place(key, value, typed, extras, stats)
+            problem = _type_line(point, typed, extras)
+            extra_text = None
+            if problem is None and extras:
+                try:
+                    extra_text = _dumps(extras)
+                except TypeError:  # only a _NonFinite is not JSON-serializable
+                    problem = _non_finite_in(extras, "")
+                    if problem is None:
+                        raise
+            if problem is not None:
+                stats.invalid += 1
+                tally.bad.append(
+                    QuarantinedLine(line_no, problem.reason, raw, problem.field, problem.value)
+                )
+                continue
             values["trip_id"].append(self.trip_id)
             values["line_no"].append(line_no)
             for name in DECLARED:
                 values[name].append(typed.get(name))
-            values[EXTRA].append(_dumps(extras) if extras else None)
+            values[EXTRA].append(extra_text)
             for key in extras:
                 stats.undeclared[key] = stats.undeclared.get(key, 0) + 1
             if extras:
@@ -554,62 +724,79 @@ class _Reader:
             stats.datapoints += 1
         return pa.Table.from_pydict(values, schema=DATAPOINTS_SCHEMA)
 
-    @staticmethod
-    def _place(
-        key: str, value: Any, typed: dict[str, Any], extras: dict[str, Any], stats: ExportStats
-    ) -> None:
-        kind = DECLARED.get(key)
-        if value is None:  # null and absent are one thing, in both paths
-            return
-        if kind is None:
+
+def _type_line(
+    point: dict[str, Any], typed: dict[str, Any], extras: dict[str, Any]
+) -> BadValue | None:
+    """Split one datapoint into typed declared values and undeclared ones (kept as sent), or
+    say which declared value does not fit its type."""
+    for key, value in point.items():
+        if value is None:  # null and absent are one thing, in every path
+            continue
+        if key == LOC:
+            if not isinstance(value, dict):
+                return BadValue(LOC, _value_text(value), "is not an object")
+            for sub, subvalue in value.items():
+                if subvalue is None:
+                    continue
+                name = f"{LOC}.{sub}"
+                if name not in DECLARED:
+                    extras[name] = subvalue
+                elif problem := _convert(name, subvalue, typed):
+                    return problem
+        elif key not in DECLARED:
             extras[key] = value
-            return
-        converted = _convert(value, kind)
-        if converted is None:
-            stats.moved_to_extra += 1
-            extras[key] = value
-        else:
-            typed[key] = converted
+        elif problem := _convert(key, value, typed):
+            return problem
+    return None
 
 
 def _load_object(raw: bytes) -> tuple[str, dict[str, Any] | None]:
     """(reason, object): an object, or why the line is quarantined."""
-    duplicate: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-        for key, value in items:
-            if key in seen:
-                duplicate.append(key)
-            seen[key] = value
-        return seen
-
     try:
-        point = json.loads(raw, object_pairs_hook=pairs)
+        point = _decode(raw, _LINE_DECODER)
     except UnicodeDecodeError:
         return "not UTF-8", None
+    except _DuplicateKey as exc:
+        return f"duplicate key {exc.args[0]!r}", None
     except ValueError as exc:
         return f"invalid JSON: {str(exc).split(':')[0]}", None
     if not isinstance(point, dict):
         return f"not a JSON object ({type(point).__name__})", None
-    if duplicate:
-        return f"duplicate key {duplicate[0]!r}", None
     return "", point
 
 
-def _convert(value: Any, kind: pa.DataType) -> Any:
-    """The typed value of a declared key, or None when its JSON type does not fit."""
-    if kind == F64:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return float(value) if ok else None
-    if kind == pa.int64():
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return value if ok and -(2**63) <= value < 2**63 else None
-    if kind == STR:
-        return value if isinstance(value, str) else None
-    if kind == TS:
-        return _ts(value)
-    return None
+def _convert(key: str, value: Any, typed: dict[str, Any]) -> BadValue | None:
+    """Put the declared key's typed value in `typed`, or say why its value does not fit."""
+    kind = DECLARED[key]
+    why = None
+    if isinstance(value, _NonFinite):
+        why = _NOT_FINITE
+    elif kind == F64:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                typed[key] = float(value)
+            except OverflowError:  # an integer beyond float64
+                why = _NOT_FINITE
+        else:
+            why = "is not a number"
+    elif kind == pa.int64():
+        if not isinstance(value, int) or isinstance(value, bool):
+            why = "is not an integer"
+        elif not -(2**63) <= value < 2**63:
+            why = "is beyond a 64-bit integer"
+        else:
+            typed[key] = value
+    elif kind == STR:
+        if isinstance(value, str):
+            typed[key] = value
+        else:
+            why = "is not a string"
+    elif (ts := _ts(value)) is not None:  # TS, the only other declared type
+        typed[key] = ts
+    else:
+        why = "is not an ISO-8601 timestamp"
+    return None if why is None else BadValue(key, _value_text(value), why)
 
 
 def _dumps(value: Any) -> str:
@@ -774,8 +961,8 @@ def _stream_datapoints(
                 table, tally = future.result()
                 sink.write(table)
                 stats.add(tally.stats)
-                for line_no, reason, raw in tally.bad:
-                    bad_lines.add(line_no, reason, raw)
+                for line in tally.bad:
+                    bad_lines.add(line)
         finally:
             stop.set()
             producer.join()

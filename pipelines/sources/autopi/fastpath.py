@@ -2,13 +2,15 @@
 
 DuckDB (yyjson) parses JSON lines about twice as fast as Arrow's reader, but it is lenient
 where we must not be: asked for a DOUBLE it turns `"12.5"` and `true` into numbers, asked for
-a VARCHAR it stringifies anything, it accepts trailing commas and `NaN`, and it ignores every
-key it was not asked for. So we ask it for every declared key (and every undeclared key this
-export has shown so far) as `JSON` — the value's JSON text — and accept its answer only when
-checks prove nothing was lost or bent:
+a VARCHAR it stringifies anything, it accepts trailing commas, `NaN` and `Infinity`, and it
+ignores every key it was not asked for. So we ask it for every declared key (and every
+undeclared key this export has shown so far) as `JSON` — the value's JSON text — and accept
+its answer only when checks prove nothing was lost or bent:
 
 * every declared value's text starts like its JSON type (`"` for strings and timestamps, a
-  digit or `-` for numbers) and converts in Arrow;
+  digit or `-` for numbers) and converts in Arrow, numbers to finite ones;
+* no undeclared value's text holds `NaN`, `Infinity` or a number that may overflow float64
+  (`1e999`): the careful path quarantines such lines, so they must not land from here;
 * the segment holds no backslash, so every string's text is exactly its raw bytes, and then
   the colons of the raw bytes must equal one per key read plus the colons inside the texts
   read: an undeclared key, a key whose value is `null`, or a key DuckDB skipped leaves a colon
@@ -32,6 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MAX_LEARNED_KEYS = 256  # beyond this an export's segments simply take the careful path
+# Texts that may hold a number Python reads as non-finite: the constants, 3-digit exponents,
+# and 309+ digit runs. Errs towards refusing (a string "NaN..." just takes the careful path).
+NON_FINITE_TEXT = r"NaN|Infinity|[0-9][eE][+-]?0*[0-9]{3}|[0-9]{309}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,11 @@ def _count(column: pa.ChunkedArray, needle: bytes) -> int:
             continue
         total += chunk.buffers()[2].slice(start, end - start).to_pybytes().count(needle)
     return total
+
+
+def all_finite(column: pa.ChunkedArray | pa.Array) -> bool:
+    """True when no float in the column is NaN or infinite (nulls pass)."""
+    return _all(pc.is_finite(column))
 
 
 def _present(column: pa.ChunkedArray | pa.Array) -> int:
@@ -169,6 +179,8 @@ def _check_and_type(
         colons += _count(values, b":")
         commas += _count(values, b",")
         if column.kind == "any":
+            if not _all(pc.invert(pc.match_substring_regex(values, NON_FINITE_TEXT))):
+                raise _Refused  # the careful path quarantines the line
             extras.append((column.name, values))
             continue
         if not _all(pc.starts_with(values, '"')):
@@ -189,7 +201,7 @@ def _number(values: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
     """Number texts → `kind`. A string (`"1"`), boolean, object or array text fails the cast;
     NaN and Infinity, which DuckDB accepts and the cast too, are refused after it."""
     typed = pc.cast(values, kind)
-    if pa.types.is_floating(kind) and not _all(pc.is_finite(typed)):
+    if pa.types.is_floating(kind) and not all_finite(typed):
         raise _Refused
     return typed
 

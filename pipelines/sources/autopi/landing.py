@@ -1,13 +1,25 @@
-"""One export → its three files in the lake, all durable before anything is cleared upstream.
+"""One export → its files in the lake, all durable before anything is cleared upstream.
 
-`datapoints/day=D/<trip_id>.parquet` (streamed), `datapoints/day=D/<trip_id>.quarantine.jsonl`
-(malformed lines, only when there are some) and `trips/day=D/<trip_id>.parquet` (one row);
-D is the UTC day of the trip's start. Files are named by trip id, so re-landing a trip (a
-reopened trip's re-export, a manual re-run) replaces them and never adds a copy.
+D is the UTC day of the trip's start, the same for every file of the trip:
 
-An export can hold millions of datapoints, so they are streamed through `Lake.open_stream`
-(invisible until committed); the quarantine file is staged and committed with the lake's
-`temp_path` / `commit_temp`, so every guarantee is the lake's.
+* `autopi/datapoints/day=D/<trip_id>.parquet`: every datapoint that landed (streamed);
+* `autopi/quarantine/day=D/<trip_id>.parquet`: what could not land, in the lake's one
+  quarantine table (beside the tables, never inside one): lines that are not JSON objects,
+  datapoints with a value that does not parse or is not finite, and the trip object itself
+  when one of its values is such; each with reason, field, value, the raw line, trip id and
+  line number. Only written when there is something to quarantine;
+* `autopi/trips/day=D/<trip_id>.parquet`: the trip row, unless the trip object was
+  quarantined.
+
+Files are named by trip id, so re-landing a trip (a reopened trip's re-export, a manual re-run)
+replaces them and never adds a copy; a landing with nothing to quarantine removes the trip's
+earlier quarantine, and one whose trip object is quarantined removes the earlier trip row.
+
+Order: the datapoints and the quarantine are streamed as invisible temp files and committed
+together once the export has parsed whole (a corrupt export leaves nothing visible), then the
+trip row, then the files of an earlier landing under another day. The caller records the
+landing and clears the export only after this returns: nothing is cleared upstream before all
+of it is durable.
 """
 
 from __future__ import annotations
@@ -15,78 +27,101 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 
 from pipelines.lake import (
+    PARTITION_KEY,
+    QUARANTINE_TABLE,
     Lake,
     ParquetStream,
     WriteResult,
-    _component,
     _fsync_dir,
-    _make_dirs_durably,
-    commit_temp,
-    temp_path,
+    quarantine_table,
 )
 from pipelines.sources.autopi.export import (
     DATAPOINTS_SCHEMA,
     TRIPS_SCHEMA,
     ExportStats,
     ParsedTrip,
+    QuarantinedLine,
     read_export,
 )
 
 SOURCE = "autopi"
 TRIPS = "trips"
 DATAPOINTS = "datapoints"
-QUARANTINE_SUFFIX = ".quarantine.jsonl"
+QUARANTINE_EXTRA = (
+    pa.field("trip_id", pa.string(), nullable=False),
+    pa.field("line_number", pa.int64(), nullable=False),  # as `line_no`: the trip is line 1
+)
+"""AutoPi's context columns after the lake's quarantine columns."""
+LEGACY_QUARANTINE_SUFFIX = ".quarantine.jsonl"
+"""Older versions kept quarantined lines in `datapoints/day=D/<trip_id>.quarantine.jsonl`."""
 EMPTY_DAY = date(1970, 1, 1)  # the day folder of the schema-only placeholder files
 EMPTY_NAME = "_schema"
+_QUARANTINE_BATCH = 4096  # rows buffered before they go to the quarantine's Parquet stream
 
 
-class QuarantineFile:
-    """Malformed lines of one export, one JSON object each: `{"line_no", "reason", "line"}`
-    (`line_b64` instead when the bytes are not UTF-8). Created only if a line arrives."""
+class QuarantineRows:
+    """The quarantine of one landing, streamed: rows are buffered, then written to a Parquet
+    stream opened at the first batch and invisible until `commit`."""
 
-    def __init__(self, directory: Path, trip_id: str) -> None:
-        self.final = directory / f"{_component(trip_id, 'trip id')}{QUARANTINE_SUFFIX}"
-        self._temp = temp_path(self.final)
-        self._fh: IO[str] | None = None
-        self.lines = 0
+    def __init__(self, lake: Lake, trip_id: str, day: date, quarantined_at: datetime) -> None:
+        self._lake = lake
+        self._trip_id = trip_id
+        self._day = day
+        self._at = quarantined_at
+        self._buffer: list[dict[str, Any]] = []
+        self._stream: ParquetStream | None = None
+        self.reasons: dict[str, Counter[str]] = {}  # table -> reason -> rows
 
-    def add(self, line_no: int, reason: str, raw: bytes) -> None:
-        if self._fh is None:
-            _make_dirs_durably(self.final.parent)
-            self._fh = self._temp.open("w", encoding="utf-8")
-        record: dict[str, Any] = {"line_no": line_no, "reason": reason}
-        try:
-            record["line"] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            record["line_b64"] = base64.b64encode(raw).decode("ascii")
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.lines += 1
+    def add(self, line: QuarantinedLine, table: str = DATAPOINTS) -> None:
+        self._buffer.append(
+            {
+                "table": table,
+                "reason": line.reason,
+                "field": line.field,
+                "value": line.value,
+                # Not UTF-8: each bad byte as \\xNN, so the payload stays text and recoverable.
+                "payload": line.raw.decode("utf-8", "backslashreplace"),
+                "trip_id": self._trip_id,
+                "line_number": line.line_no,
+            }
+        )
+        self.reasons.setdefault(table, Counter())[line.reason] += 1
+        if len(self._buffer) >= _QUARANTINE_BATCH:
+            self._flush()
 
-    def commit(self) -> Path | None:
-        """Make the quarantine visible; with no bad lines, remove one left by an earlier landing."""
-        if self._fh is None:
-            if self.final.exists():
-                self.final.unlink()
-                _fsync_dir(self.final.parent)
-            return None
-        self._fh.close()
-        self._fh = None
-        commit_temp(self._temp, self.final)
-        return self.final
+    def _flush(self) -> None:
+        rows = quarantine_table(self._buffer, self._at, extra=QUARANTINE_EXTRA)
+        if self._stream is None:
+            self._stream = self._lake.open_stream(
+                SOURCE, QUARANTINE_TABLE, self._day, self._trip_id, rows.schema
+            )
+        self._stream.write(rows)
+        self._buffer.clear()
+
+    def commit(self) -> WriteResult | None:
+        """Make the quarantine durable and visible; with no rows, remove the trip's earlier one."""
+        if self._buffer:
+            self._flush()
+        if self._stream is None:
+            empty = quarantine_table([], self._at, extra=QUARANTINE_EXTRA)
+            return self._lake.write_quarantine(SOURCE, self._day, self._trip_id, empty)
+        result = self._stream.commit()
+        self._stream = None
+        return result
 
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self._temp.unlink(missing_ok=True)
+        if self._stream is not None:
+            self._stream.abort()
+            self._stream = None
 
 
 @dataclass(frozen=True)
@@ -99,13 +134,23 @@ class LandedTrip:
     sha256: str
     stats: ExportStats
     datapoints_file: WriteResult
-    trips_file: WriteResult
-    quarantine_file: Path | None
+    trips_file: WriteResult | None  # None: the trip object was quarantined
+    quarantine_file: WriteResult | None
     last_recalc_at: datetime | None
+    quarantine_reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # by table
+
+    @property
+    def trip_quarantined(self) -> bool:
+        return self.trips_file is None
+
+    @property
+    def quarantined_datapoints(self) -> int:
+        return self.stats.quarantined
 
     @property
     def bytes_written(self) -> int:
-        return self.datapoints_file.bytes + self.trips_file.bytes
+        files = (self.datapoints_file, self.trips_file, self.quarantine_file)
+        return sum(f.bytes for f in files if f is not None)
 
 
 def sha256_of(path: Path) -> str:
@@ -128,7 +173,8 @@ def land_export(
     trip landed earlier under another day (its start moved), those files are removed last.
     """
     streams: list[ParquetStream] = []
-    quarantines: list[QuarantineFile] = []
+    quarantines: list[QuarantineRows] = []
+    quarantined_at = datetime.now(UTC)
 
     def open_sink(trip: ParsedTrip) -> ParquetStream:
         # Dictionary pages only where values repeat (types, units, ids); for floats and
@@ -140,10 +186,15 @@ def land_export(
         streams.append(stream)
         return stream
 
-    def open_quarantine(trip: ParsedTrip) -> QuarantineFile:
-        directory = lake.partition_dir(SOURCE, DATAPOINTS, trip.day)
-        quarantine = QuarantineFile(directory, trip.trip_id)
+    def open_quarantine(trip: ParsedTrip) -> QuarantineRows:
+        quarantine = QuarantineRows(lake, trip.trip_id, trip.day, quarantined_at)
         quarantines.append(quarantine)
+        if trip.problem is not None:
+            bad = trip.problem
+            line = QuarantinedLine(
+                1, bad.reason, trip.row["trip_json"].encode(), bad.field, bad.value
+            )
+            quarantine.add(line, table=TRIPS)
         return quarantine
 
     try:
@@ -161,21 +212,25 @@ def land_export(
         for quarantine in quarantines:
             quarantine.abort()
         raise
-    row = {
-        **trip.row,
-        "task_id": task_id,
-        "export_sha256": sha256,
-        "export_bytes": stats.compressed_bytes,
-        "datapoints": stats.datapoints,
-        "malformed_lines": stats.malformed,
-        "undeclared_keys": json.dumps(stats.undeclared, sort_keys=True)
-        if stats.undeclared
-        else None,
-        "landed_at": datetime.now(UTC),
-    }
-    trips_file = lake.write_file(
-        SOURCE, TRIPS, trip.day, trip.trip_id, pa.Table.from_pylist([row], schema=TRIPS_SCHEMA)
-    )
+    trips_file = None
+    if trip.problem is None:
+        row = {
+            **trip.row,
+            "task_id": task_id,
+            "export_sha256": sha256,
+            "export_bytes": stats.compressed_bytes,
+            "datapoints": stats.datapoints,
+            "malformed_lines": stats.quarantined,
+            "undeclared_keys": json.dumps(stats.undeclared, sort_keys=True)
+            if stats.undeclared
+            else None,
+            "landed_at": datetime.now(UTC),
+        }
+        table = pa.Table.from_pylist([row], schema=TRIPS_SCHEMA)
+        trips_file = lake.write_file(SOURCE, TRIPS, trip.day, trip.trip_id, table)
+    else:
+        lake.remove_file(SOURCE, TRIPS, trip.day, trip.trip_id)  # an earlier landing's row
+    _remove_legacy_quarantine(lake, trip.trip_id, trip.day)
     if previous_day is not None and previous_day != trip.day:
         remove_trip_files(lake, trip.trip_id, previous_day)
     return LandedTrip(
@@ -188,6 +243,7 @@ def land_export(
         trips_file=trips_file,
         quarantine_file=quarantine_file,
         last_recalc_at=trip.row["last_recalc_at"],
+        quarantine_reasons={t: dict(c) for t, c in quarantines[0].reasons.items()},
     )
 
 
@@ -195,10 +251,74 @@ def remove_trip_files(lake: Lake, trip_id: str, day: date) -> None:
     """Remove a trip's files from one day (a re-landing put them under another day)."""
     lake.remove_file(SOURCE, DATAPOINTS, day, trip_id)
     lake.remove_file(SOURCE, TRIPS, day, trip_id)
-    quarantine = lake.partition_dir(SOURCE, DATAPOINTS, day) / f"{trip_id}{QUARANTINE_SUFFIX}"
-    if quarantine.exists():
-        quarantine.unlink()
-        _fsync_dir(quarantine.parent)
+    lake.remove_file(SOURCE, QUARANTINE_TABLE, day, trip_id)
+    _remove_legacy_quarantine(lake, trip_id, day)
+
+
+def _legacy_quarantine(lake: Lake, trip_id: str, day: date) -> Path:
+    return lake.partition_dir(SOURCE, DATAPOINTS, day) / f"{trip_id}{LEGACY_QUARANTINE_SUFFIX}"
+
+
+def _remove_legacy_quarantine(lake: Lake, trip_id: str, day: date) -> None:
+    """A re-landed trip's quarantine is in the quarantine table now: drop the old file."""
+    legacy = _legacy_quarantine(lake, trip_id, day)
+    try:
+        legacy.unlink()
+    except FileNotFoundError:
+        return
+    _fsync_dir(legacy.parent)
+
+
+def migrate_legacy_quarantine(lake: Lake) -> int:
+    """Move every `<trip_id>.quarantine.jsonl` an older version left in a datapoints day folder
+    into the quarantine table (same day, named by trip), so that table folder holds only its
+    Parquet files again. Returns how many files were moved.
+
+    Each file is removed only once its rows are durable in the table; a file whose trip has a
+    quarantine file already (re-landed since) is stale and just removed. Safe to run again.
+    """
+    moved = 0
+    table_dir = lake.table_dir(SOURCE, DATAPOINTS)
+    for path in sorted(table_dir.glob(f"{PARTITION_KEY}=*/*{LEGACY_QUARANTINE_SUFFIX}")):
+        day = date.fromisoformat(path.parent.name.removeprefix(f"{PARTITION_KEY}="))
+        trip_id = path.name.removesuffix(LEGACY_QUARANTINE_SUFFIX)
+        current = lake.partition_dir(SOURCE, QUARANTINE_TABLE, day) / f"{trip_id}.parquet"
+        if not current.exists():
+            at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            rows = [_legacy_row(line, trip_id) for line in path.read_bytes().splitlines()]
+            table = quarantine_table([r for r in rows if r], at, extra=QUARANTINE_EXTRA)
+            lake.write_quarantine(SOURCE, day, trip_id, table)
+            moved += 1
+        _remove_legacy_quarantine(lake, trip_id, day)
+    return moved
+
+
+def _legacy_row(line: bytes, trip_id: str) -> dict[str, Any] | None:
+    """One `{"line_no", "reason", "line" | "line_b64"}` entry as a quarantine row."""
+    if not line.strip():
+        return None
+    try:
+        entry = json.loads(line)
+        if "line" in entry:
+            payload = entry["line"]
+        else:
+            payload = base64.b64decode(entry["line_b64"]).decode("utf-8", "backslashreplace")
+        return {
+            "table": DATAPOINTS,
+            "reason": str(entry["reason"]),
+            "payload": payload,
+            "trip_id": trip_id,
+            "line_number": int(entry["line_no"]),
+        }
+    except (ValueError, KeyError, TypeError):
+        text = line.decode("utf-8", "backslashreplace")
+        return {
+            "table": DATAPOINTS,
+            "reason": "unreadable entry of an older quarantine file",
+            "payload": text,
+            "trip_id": trip_id,
+            "line_number": 0,
+        }
 
 
 def ensure_schema_files(lake: Lake) -> list[Path]:
