@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -416,3 +417,17 @@ def test_a_missing_token_fails_the_run_with_one_line(
     (failure,) = result.get_step_failure_events()
     description = failure.step_failure_data.user_failure_data.description
     assert description == "AUTOPI_TOKEN is not set (needed by raw/autopi/trips)"
+
+
+def test_two_drains_at_once_download_and_clear_each_export_once(
+    autopi_env, server: CuttingServer, clock: Clock, trips: list[Trip]
+) -> None:
+    """Without Dagster's pool (two CLI runs, two instances) the drain itself is one at a time:
+    the second waits for the first, then finds every export landed."""
+    done = finished(trips, clock)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: run(), range(2)))
+    assert all(r.success for r in results)
+    task_ids = {server.task_for_trip(t.trip_id).task_id for t in done}
+    assert dict(server.clear_calls) == dict.fromkeys(task_ids, 1), "an export cleared twice"
+    assert sorted(meta(r, TRIPS_KEY)["rows"] for r in results) == [0, len(done)]

@@ -37,7 +37,7 @@ from pydantic import Field
 from pipelines.http import VendorAPIError
 from pipelines.lake import QUARANTINE_TABLE
 from pipelines.resources import LakeResource, credential_failure
-from pipelines.settings import MissingCredentialError
+from pipelines.settings import SettingError
 from pipelines.sources.autopi.drain import (
     DrainReport,
     drain_exports,
@@ -149,7 +149,7 @@ def build_autopi_exports() -> AssetsDefinition:
     ) -> Iterator[Any]:
         try:
             client = autopi.client(ASSET_NAME)
-        except MissingCredentialError as exc:
+        except SettingError as exc:
             raise credential_failure(exc) from None
         lake_ = lake.lake()
         ledger = _ledger(lake)
@@ -331,7 +331,7 @@ def build_autopi_sensor(exports: AssetsDefinition) -> Any:
     ) -> SensorResult | SkipReason:
         try:
             client = autopi.client("autopi_exports_sensor")
-        except MissingCredentialError as exc:
+        except SettingError as exc:
             return SkipReason(str(exc))
         try:
             tasks = client.export_tasks()

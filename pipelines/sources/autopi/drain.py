@@ -17,9 +17,11 @@ from pathlib import Path
 
 from pipelines.http import VendorAPIError
 from pipelines.lake import Lake
+from pipelines.locks import exclusive
 from pipelines.sources.autopi.client import FINISHED_BAD, AutoPiClient, ExportTask
 from pipelines.sources.autopi.export import CorruptExport
 from pipelines.sources.autopi.landing import (
+    SOURCE,
     LandedTrip,
     ensure_schema_files,
     land_export,
@@ -31,6 +33,10 @@ from pipelines.sources.autopi.state import STATE_DIR, ExportLedger, ExportRecord
 DOWNLOAD_ATTEMPTS = 3  # a file that fails its gzip check is fetched again this many times
 SIGNAL_LOOKBACK_S = 7 * 86400  # webhook signals older than this no longer matter
 REEXPORT_POLL_S = 5.0
+LOCK_FILE = ".drain.lock"
+LOCK_WAIT_S = 900.0
+"""A drain that finds another one running waits for it (then finds its exports landed), at most
+this long."""
 LEGACY_QUARANTINE_MIGRATED = STATE_DIR / "legacy-quarantine-migrated"
 """Marker (lake-relative): the one-off move of `*.quarantine.jsonl` files has run."""
 
@@ -149,8 +155,32 @@ def drain_exports(
     extra_task_ids: Iterable[int] = (),
     tasks: Sequence[ExportTask] | None = None,
     log: Log = print,
+    lock_wait_s: float = LOCK_WAIT_S,
 ) -> DrainReport:
-    """Land every finished export not landed yet and clear each one once it is safe."""
+    """Land every finished export not landed yet and clear each one once it is safe.
+
+    One drain per lake at a time, whoever started it (a second Dagster instance, a CLI run, a
+    re-export): two would download every export twice and clear it twice. The second waits
+    for the first and then finds its exports landed; `locks.Busy` after `lock_wait_s`.
+    """
+    with exclusive(lake.root / SOURCE, LOCK_FILE, "AutoPi drain", lock_wait_s) as waited:
+        if waited > 1:
+            log(f"AutoPi: waited {waited:.0f}s for another drain of this lake to finish")
+        return _drain(
+            client, lake, ledger, scratch_dir, reprobe_window_s, extra_task_ids, tasks, log
+        )
+
+
+def _drain(
+    client: AutoPiClient,
+    lake: Lake,
+    ledger: ExportLedger,
+    scratch_dir: Path,
+    reprobe_window_s: float,
+    extra_task_ids: Iterable[int],
+    tasks: Sequence[ExportTask] | None,
+    log: Log,
+) -> DrainReport:
     report = DrainReport()
     report.schema_files = len(ensure_schema_files(lake))
     report.legacy_quarantine_moved = _migrate_legacy_quarantine_once(lake, log)

@@ -20,9 +20,7 @@ No Dagster here: the asset wraps `drain_stream`; tests and the benchmark call it
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,6 +29,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from pipelines.lake import PARTITION_KEY, Lake
+from pipelines.locks import Busy, exclusive
 from pipelines.sources.kt1.client import REDELIVERY_S, AckOutcome, Kt1Batch, Kt1Client
 from pipelines.sources.kt1.extract import QUARANTINE, SCHEMAS, SOURCE, TABLES, ItemSplitter
 
@@ -104,28 +103,12 @@ def group_file_name(batches: list[Kt1Batch]) -> str:
 
 @contextlib.contextmanager
 def drain_lock(lake: Lake, wait_s: float) -> Iterator[float]:
-    """One drain per lake at a time (two would fight over the queue); yields seconds waited.
-
-    An OS file lock: released by the kernel when the holder exits, even by SIGKILL.
-    """
-    directory = lake.root / SOURCE
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    started = time.monotonic()
+    """One drain per lake at a time (two would fight over the queue); yields seconds waited."""
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() - started >= wait_s:
-                    raise DrainBusy(
-                        f"another kt1 drain is running on {directory} (waited {wait_s:.0f}s)"
-                    ) from None
-                time.sleep(0.2)
-        yield time.monotonic() - started
-    finally:
-        os.close(fd)  # closing drops the lock
+        with exclusive(lake.root / SOURCE, LOCK_FILE, "kt1 drain", wait_s) as waited:
+            yield waited
+    except Busy as exc:
+        raise DrainBusy(str(exc)) from None
 
 
 def drain_stream(
