@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -33,10 +34,50 @@ from tests.integration.test_avl_asset import truth
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-FIRST, LAST = date(2026, 2, 1), date(2026, 3, 31)
+FIRST, LAST = date(2026, 3, 2), date(2026, 3, 31)
 RANGE_TAGS = {
     "dagster/asset_partition_range_start": FIRST.isoformat(),
     "dagster/asset_partition_range_end": LAST.isoformat(),
+}
+RANGE = ["--tags", json.dumps(RANGE_TAGS)]
+MODULE = ["-m", "pipelines.definitions"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """How a source's run is started from the CLI (to be killed), and how its next run is
+    queued (as its schedule or sensor would)."""
+
+    cli: list[str]
+    job: str
+    tags: list[str]
+    requests_before_kill: int = 3
+
+
+SOURCES = {
+    "avl": Source(
+        [
+            "asset",
+            "materialize",
+            *MODULE,
+            "--select",
+            "raw/avl/trips",
+            "--partition-range",
+            f"{FIRST}...{LAST}",
+        ],
+        "__anonymous_asset_job_avl_trips_daily",
+        RANGE,
+    ),
+    "metrotec": Source(
+        ["job", "execute", *MODULE, "-j", "metrotec_refresh", *RANGE], "metrotec_refresh", RANGE
+    ),
+    "kt1": Source(["job", "execute", *MODULE, "-j", "kt1_drain"], "kt1_drain", []),
+    "autopi": Source(
+        ["asset", "materialize", *MODULE, "--select", "raw/autopi/trips,raw/autopi/datapoints"],
+        "__anonymous_asset_job_autopi_exports_sensor",
+        [],
+        requests_before_kill=6,
+    ),
 }
 
 
@@ -52,9 +93,9 @@ def wait_for(what: str, predicate: Callable[[], object], timeout_s: float) -> ob
 
 @pytest.fixture
 def sims() -> Iterator[Simulators]:
-    # AVL at 2 requests per 2 s: a two-month pull takes long enough to be killed mid-way.
-    world = World(seed=11, vehicles=8, end_day=WORLD_END, days=120)
-    with start_all(world, avl_rate=(2, 2.0), clock=lambda: SIM_NOW) as running:
+    # AVL at 2 requests per 2 s: a month's pull takes long enough to be killed mid-way.
+    world = World(seed=11, vehicles=6, end_day=WORLD_END, days=31)
+    with start_all(world, avl_rate=(2, 2.0), clock=lambda: SIM_NOW, kt1_long_poll_s=1.0) as running:
         yield running
 
 
@@ -81,6 +122,8 @@ def home(tmp_path: Path, sims: Simulators) -> Iterator[tuple[dict[str, str], Dag
         FLEET_RATELIMIT_DB=str(tmp_path / "ratelimits.sqlite3"),
         FLEET_START_DATE="2025-12-01",
         AVL_RATE_LIMIT="2/2",
+        METROTEC_RATE_LIMIT="2/1",  # slow enough to be killed mid-way
+        KT1_DRAIN_SECONDS="6",
         FLEET_RUN_HEARTBEAT_S="0.5",
         FLEET_RUN_STALE_AFTER_S="4",
     )
@@ -110,23 +153,15 @@ def runs(instance: DagsterInstance, *statuses: DagsterRunStatus) -> list:
     return list(instance.get_runs(RunsFilter(statuses=list(statuses)) if statuses else None))
 
 
-def test_a_killed_avl_run_frees_its_pool_and_the_next_run_lands_every_trip_once(
-    home: tuple[dict[str, str], DagsterInstance], sims: Simulators, tmp_path: Path
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_a_killed_run_frees_its_source_and_the_next_run_completes(
+    source: str, home: tuple[dict[str, str], DagsterInstance], sims: Simulators, tmp_path: Path
 ) -> None:
     env, instance = home
-    # The issue's repro: a CLI backfill in its own session, SIGKILLed mid-way.
+    spec = SOURCES[source]
+    # The issue's repro: a CLI run in its own session, SIGKILLed mid-way.
     killed = subprocess.Popen(
-        [
-            str(BIN / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "pipelines.definitions",
-            "--select",
-            "raw/avl/trips",
-            "--partition-range",
-            f"{FIRST}...{LAST}",
-        ],
+        [str(BIN / "dagster"), *spec.cli],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -138,12 +173,13 @@ def test_a_killed_avl_run_frees_its_pool_and_the_next_run_lands_every_trip_once(
         lambda: [r for r in runs(instance, DagsterRunStatus.STARTED) if HEARTBEAT_TAG in r.tags],
         120,
     )[0]
-    wait_for("AVL requests", lambda: len(sims.servers["avl"].requests()) >= 3, 60)
+    server = sims.servers[source]
+    wait_for(f"{source} requests", lambda: len(server.requests()) >= spec.requests_before_kill, 60)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert instance.get_run_by_id(dead.run_id).status == DagsterRunStatus.STARTED
 
-    # The next run of the source goes through the queue, as a schedule's would.
+    # The next run of the source goes through the queue, as a schedule's or sensor's would.
     launch = subprocess.run(
         [
             str(BIN / "dagster"),
@@ -152,9 +188,8 @@ def test_a_killed_avl_run_frees_its_pool_and_the_next_run_lands_every_trip_once(
             "-w",
             str(REPO / "workspace.yaml"),
             "-j",
-            "__anonymous_asset_job_avl_trips_daily",
-            "--tags",
-            json.dumps(RANGE_TAGS),
+            spec.job,
+            *spec.tags,
         ],
         cwd=REPO,
         env=env,
@@ -163,24 +198,53 @@ def test_a_killed_avl_run_frees_its_pool_and_the_next_run_lands_every_trip_once(
         timeout=120,
     )
     assert launch.returncode == 0, launch.stdout + launch.stderr
-    started = time.monotonic()
-    wait_for(
-        "the queued run to succeed",
-        lambda: runs(instance, DagsterRunStatus.SUCCESS),
-        180,
+    finished = wait_for(
+        "the queued run to finish",
+        lambda: [r for r in runs(instance) if r.run_id != dead.run_id and r.is_finished],
+        240,
     )
-    assert time.monotonic() - started < 180
+    assert finished[0].status == DagsterRunStatus.SUCCESS, source
     failed = instance.get_run_by_id(dead.run_id)
     assert failed.status == DagsterRunStatus.FAILURE
+    LANDED_ONCE[source](Lake(Path(env["FLEET_LAKE_DIR"])), sims)
 
-    lake = Lake(Path(env["FLEET_LAKE_DIR"])).read("avl", "trips")
+
+def _avl_exact(lake: Lake, sims: Simulators) -> None:
+    table = lake.read("avl", "trips")
     keys = list(
         zip(
-            lake.column("device_name").to_pylist(),
-            lake.column("trip_start").to_pylist(),
+            table.column("device_name").to_pylist(),
+            table.column("trip_start").to_pylist(),
             strict=True,
         )
     )
     assert len(keys) == len(set(keys)), "a trip landed twice"
     assert set(keys) == truth(sims.servers["avl"], FIRST, LAST)  # type: ignore[arg-type]
-    assert pc.min(lake.column("day")).as_py() == FIRST
+    assert pc.min(table.column("day")).as_py() == FIRST
+
+
+def _metrotec_exact(lake: Lake, sims: Simulators) -> None:
+    routelog = lake.read("metrotec", "routelog")
+    assert routelog.num_rows > 0
+    days = set(routelog.column("day").to_pylist())
+    assert days <= {FIRST + timedelta(days=i) for i in range((LAST - FIRST).days + 1)}
+    rows = [tuple(sorted(r.items())) for r in routelog.drop_columns(["extracted_at"]).to_pylist()]
+    assert len(rows) == len(set(rows)), "a Metrotec row landed twice"
+
+
+def _kt1_drained(lake: Lake, sims: Simulators) -> None:
+    assert lake.files("kt1", "telemetry"), "the next drain landed nothing"
+
+
+def _autopi_once(lake: Lake, sims: Simulators) -> None:
+    trips = lake.read("autopi", "trips")
+    ids = trips.column("trip_id").to_pylist()
+    assert ids and len(ids) == len(set(ids)), "an AutoPi trip landed twice"
+
+
+LANDED_ONCE = {
+    "avl": _avl_exact,
+    "metrotec": _metrotec_exact,
+    "kt1": _kt1_drained,
+    "autopi": _autopi_once,
+}
