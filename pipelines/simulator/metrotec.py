@@ -44,6 +44,12 @@ nor skips.
 
 Login returns `expires` as absolute unix epoch seconds (clock-now + token_ttl_s); clients may
 also meet a relative TTL from the real API, this server always sends the epoch.
+
+Fault switch, besides the shared ones: `bad_value_rate` (an attribute, or `bad_value_rate` in a
+`POST /_sim/faults` body) spoils one value of that share of route log, stop, refuel and fuel
+level rows, served raw: a number becomes `NaN` or `Infinity` (bare tokens, as some encoders
+write them) or "12,5" (a decimal comma), or a time becomes one that is no time. Rows are picked
+by content, so asking again gives the same rows the same fault; `spoiled` records them.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ import bisect
 import hashlib
 import hmac
 import json
+import math
 import re
 import threading
 from collections.abc import Callable
@@ -97,6 +104,17 @@ def env(server: MetrotecServer) -> dict[str, str]:
         "METROTEC_PASSWORD": server.password,
         "METROTEC_API_VERSION": server.api_version,
     }
+
+
+# Where `bad_value_rate` puts a bad number and a bad time in each table's rows.
+_SPOIL: dict[str, tuple[str, str | None]] = {
+    "routelog": ("routeLengthKM", "stopTime"),
+    "stops": ("distance", "stopTime"),
+    "refuels": ("fuelAfterL", "stopTime"),
+    "fuel_levels": ("fuel", None),  # GMTime pages the endpoint: it stays readable
+}
+BAD_NUMBERS: tuple[object, ...] = (math.nan, math.inf, "12,5")
+BAD_TIME = "2025-02-30 25:61:00"
 
 
 def _fmt(ts: datetime | None) -> str | None:
@@ -176,10 +194,14 @@ class MetrotecServer(SimServer):
         token_ttl_s: float = 3600,
         api_version: str = "1.1.0",
         fuel_levels_page: int = 1000,
+        bad_value_rate: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.world = world
+        self.bad_value_rate = bad_value_rate
+        # Rows served with a spoiled value: table → {(vehicle, row's time): (field, value)}.
+        self.spoiled: dict[str, dict[tuple[str, str], tuple[str, object]]] = {}
         self.username = username
         self.password = password
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
@@ -222,7 +244,48 @@ class MetrotecServer(SimServer):
     def _stats(self, req: Request) -> Response:
         resp = super()._stats(req)
         resp.body["metrotec"] = self.counters()
+        resp.body["faults"]["bad_value_rate"] = self.bad_value_rate
         return resp
+
+    def _set_faults(self, req: Request) -> Response:
+        """The shared switches, plus this server's `bad_value_rate`."""
+        try:
+            changes = dict(req.json() or {})
+            if "bad_value_rate" in changes:
+                self.bad_value_rate = float(changes.pop("bad_value_rate"))
+        except (ValueError, TypeError) as exc:
+            return Response(400, {"error": str(exc)})
+        req.body = json.dumps(changes).encode()
+        resp = super()._set_faults(req)
+        if resp.status == 200:
+            resp.body["bad_value_rate"] = self.bad_value_rate
+        return resp
+
+    def _spoil(
+        self, table: str, vehicle_id: str, rows: list[dict[str, object]]
+    ) -> list[dict[str, object]]:
+        """Spoil one value of the `bad_value_rate` share of `rows` (see the module docstring)."""
+        rate = self.bad_value_rate
+        if rate <= 0:
+            return rows
+        number, stamp = _SPOIL[table]
+        out = []
+        for row in rows:
+            key = json.dumps(row, sort_keys=True)
+            roll = _stable_int(self.world.seed, self.faults.seed, "bad-value", table, key)
+            if roll % 1_000_000 >= rate * 1_000_000:
+                out.append(row)
+                continue
+            choice = roll // 1_000_000 % 4
+            if choice < 3 or stamp is None:
+                name, value = number, BAD_NUMBERS[choice % 3]
+            else:
+                name, value = stamp, BAD_TIME
+            at = str(row.get("startTime") or row.get("GMTime"))
+            with self._auth_lock:
+                self.spoiled.setdefault(table, {})[(vehicle_id, at)] = (name, value)
+            out.append({**row, name: value})
+        return out
 
     # --- routing, version and auth --------------------------------------------------------
     def error(self, status: int, code: str, message: str) -> Response:
@@ -561,7 +624,7 @@ class MetrotecServer(SimServer):
                     "status": "0",
                 }
             )
-        return Response(200, rows)
+        return Response(200, self._spoil("routelog", timeline.vehicle.metrotec_object_id, rows))
 
     def _stops(self, req: Request) -> Response:
         args = self._period_args(req)
@@ -591,7 +654,7 @@ class MetrotecServer(SimServer):
                     "required": None,
                 }
             )
-        return Response(200, rows)
+        return Response(200, self._spoil("stops", timeline.vehicle.metrotec_object_id, rows))
 
     def _refuels(self, req: Request) -> Response:
         args = self._period_args(req)
@@ -617,7 +680,7 @@ class MetrotecServer(SimServer):
             for refuel_id, r in timeline.refuels[lo:hi]
             if r.ended_at <= now
         ]
-        return Response(200, rows)
+        return Response(200, self._spoil("refuels", timeline.vehicle.metrotec_object_id, rows))
 
     def _fuel_levels(self, req: Request) -> Response:
         start_from = self._time_arg(req, "start_from")
@@ -647,4 +710,4 @@ class MetrotecServer(SimServer):
             }
             for epoch, level, lat, lon, ign, addr in points[lo:hi]
         ]
-        return Response(200, rows)
+        return Response(200, self._spoil("fuel_levels", timeline.vehicle.metrotec_object_id, rows))

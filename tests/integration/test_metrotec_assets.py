@@ -3,18 +3,33 @@ compared with the World's ground truth."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, DagsterEventType, ExecuteInProcessResult, materialize
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetKey,
+    DagsterEventType,
+    ExecuteInProcessResult,
+    materialize,
+)
 
 from pipelines.definitions import build_defs
-from pipelines.lake import Lake
+from pipelines.lake import QUARANTINE_SCHEMA, Lake
 from pipelines.simulator.metrotec import IDLE_STOP_MIN_S, env
-from pipelines.sources.metrotec.assets import JOB_NAME, SCHEDULE_NAME, run_summary
+from pipelines.sources.metrotec.assets import (
+    JOB_NAME,
+    QUARANTINE_CHECK,
+    SCHEDULE_NAME,
+    run_summary,
+)
+from pipelines.sources.metrotec.client import parse_time
 from pipelines.sources.metrotec.extract import hms_seconds
 from tests.conftest import SIM_NOW
 from tests.metrotec_support import DROP, ScriptedMetrotecServer, day_bounds, truth_trips
@@ -133,6 +148,12 @@ def test_a_backfill_lands_every_table_per_utc_day_matching_the_world(
         assert meta["rows"] == len(landed(metrotec_env, table)) and meta["files"] == 35
         assert meta["vehicles"] == len(vehicles) and meta["api_windows"] == 2
         assert meta["quarantined_rows"] == 0 and meta["http_429s"] == 0
+        assert meta["days_written"] == [(first + timedelta(days=i)).isoformat() for i in range(35)]
+    snapshot = metadata(result, VEHICLES)
+    assert snapshot["days_written"] == [snapshot["snapshot_day"]]
+    checks = [c for c in result.get_asset_check_evaluations() if c.check_name == QUARANTINE_CHECK]
+    assert {c.asset_key for c in checks} == set(ALL) and all(c.passed for c in checks)
+    assert not lake.files("metrotec", "quarantine")
     # One request series per vehicle per window: one period request per endpoint, ≤ 31 days.
     for path in ("/api/routelog", "/api/routelog/stops", "/api/fuel/refuels"):
         series = Counter(
@@ -256,7 +277,7 @@ def test_malformed_rows_are_quarantined_and_counted_the_rest_lands(
     metrotec_env, metrotec_sim: ScriptedMetrotecServer
 ) -> None:
     # In every route log answer, the first trip loses its startTime and the second's maxSpeed
-    # is text: the first cannot be placed, the second lands with maxSpeed NULL.
+    # is text: neither can land (no day; a speed that is no number), the rest does.
     metrotec_sim.damage = [
         ("routelog", 0, {"startTime": DROP}),
         ("routelog", 1, {"maxSpeed": "fast"}),
@@ -267,17 +288,121 @@ def test_malformed_rows_are_quarantined_and_counted_the_rest_lands(
     per_vehicle = Counter(
         vehicles_id(metrotec_sim.world, t) for t in truth_trips(metrotec_sim.world, first, last)
     )
+    second_trips = sum(n >= 2 for n in per_vehicle.values())
     meta = metadata(result, KEYS["routelog"])
-    assert meta["quarantined_rows"] == len(per_vehicle)
-    assert meta["unparsed_values"] == sum(n >= 2 for n in per_vehicle.values())
-    assert meta["rows"] == sum(per_vehicle.values()) - len(per_vehicle)
+    assert meta["quarantined_rows"] == len(per_vehicle) + second_trips
+    assert meta["unparsed_values"] == 0
+    assert meta["rows"] == sum(per_vehicle.values()) - len(per_vehicle) - second_trips
     rows = landed(metrotec_env, "routelog")
-    assert sum(r["maxSpeed"] is None for r in rows) == meta["unparsed_values"]
-    assert all('"maxSpeed": "fast"' in r["extra_fields"] for r in rows if r["maxSpeed"] is None)
+    assert len(rows) == meta["rows"] and all(r["maxSpeed"] is not None for r in rows)
     quarantined = Lake(metrotec_env.lake_dir).read("metrotec", "quarantine").to_pylist()
-    assert len(quarantined) == len(per_vehicle)
-    assert {q["reason"] for q in quarantined} == {"startTime missing"}
+    assert len(quarantined) == meta["quarantined_rows"]
+    assert Counter(q["reason"] for q in quarantined) == {
+        "startTime is missing": len(per_vehicle),
+        "maxSpeed: 'fast' is not a number": second_trips,
+    }
     assert {q["vehicle_id"] for q in quarantined} == set(per_vehicle)
+    assert {q["table"] for q in quarantined} == {"routelog"}
+
+
+def quarantine_rows(env_) -> list[dict]:
+    return Lake(env_.lake_dir).read("metrotec", "quarantine").to_pylist()
+
+
+def check(result: ExecuteInProcessResult, key: AssetKey) -> AssetCheckEvaluation:
+    (evaluation,) = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == key and e.check_name == QUARANTINE_CHECK
+    ]
+    return evaluation
+
+
+def test_unreadable_values_are_quarantined_with_field_and_value_and_the_check_warns(
+    metrotec_env, metrotec_sim: ScriptedMetrotecServer
+) -> None:
+    # A refuel volume with a decimal comma, a NaN fuel level (a bare token on the wire), a trip
+    # whose stopTime is no time: each row is quarantined, never landed; its neighbours land.
+    metrotec_sim.damage = [
+        ("refuels", 0, {"fuelAfterL": "12,5"}),
+        ("fuel_levels", 5, {"fuel": math.nan}),
+        ("routelog", 0, {"stopTime": "2026-02-30 25:61:00"}),
+    ]
+    first, last = date(2026, 3, 2), date(2026, 3, 8)
+    result = run(ALL, first, last)
+    assert result.success
+    rows = quarantine_rows(metrotec_env)
+    by_table = Counter(r["table"] for r in rows)
+    assert set(by_table) == {"refuels", "fuel_levels", "routelog"}
+    expected = {
+        "refuels": ("fuelAfterL", "12,5", "fuelAfterL: '12,5' is not a number"),
+        "fuel_levels": ("fuel", "NaN", "fuel: 'NaN' is not a finite number"),
+        "routelog": (
+            "stopTime",
+            "2026-02-30 25:61:00",
+            "stopTime: '2026-02-30 25:61:00' is not a time (YYYY-MM-DD HH:MM:SS)",
+        ),
+    }
+    for row in rows:
+        assert (row["field"], row["value"], row["reason"]) == expected[row["table"]]
+        assert row["quarantined_at"] is not None and row["vehicle_id"]
+        payload = json.loads(row["payload"])
+        assert first <= row["day"] <= last  # the row's own UTC day
+        assert parse_time(payload.get("startTime") or payload["GMTime"]).date() == row["day"]
+    for table in ("refuels", "fuel_levels", "routelog"):
+        meta = metadata(result, KEYS[table])
+        assert meta["quarantined_rows"] == by_table[table]
+        evaluation = check(result, KEYS[table])
+        assert not evaluation.passed and evaluation.severity == AssetCheckSeverity.WARN
+        assert evaluation.metadata["quarantined_rows"].value == by_table[table]
+        for row in landed(metrotec_env, table):  # nothing unreadable reached a table
+            assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+    assert check(result, KEYS["stops"]).passed and check(result, VEHICLES).passed
+    # The files follow the convention, beside the tables, one per table and day.
+    files = Lake(metrotec_env.lake_dir).files("metrotec", "quarantine")
+    assert {f.name for f in files} == {f"{t}.parquet" for t in by_table}
+    for path in files:
+        assert pq.read_schema(path).names == [*QUARANTINE_SCHEMA.names, "vehicle_id"]
+    levels = landed(metrotec_env, "fuel_levels")
+    assert levels and len(levels) == metadata(result, KEYS["fuel_levels"])["rows"]
+
+    # Landing the days again from a healed API replaces their quarantine: nothing is left.
+    metrotec_sim.damage = []
+    again = run(list(KEYS.values()), first, last)
+    assert again.success and all(check(again, KEYS[t]).passed for t in TABLES)
+    assert not Lake(metrotec_env.lake_dir).files("metrotec", "quarantine")
+
+
+def test_the_simulators_spoiled_values_are_exactly_what_is_quarantined(
+    metrotec_env, metrotec_sim: ScriptedMetrotecServer
+) -> None:
+    first, last = date(2026, 3, 9), date(2026, 3, 12)
+    assert run([VEHICLES], first).success
+    metrotec_sim.bad_value_rate = 0.05
+    result = run(list(KEYS.values()), first, last)
+    assert result.success
+    spoiled = {
+        (table, vehicle, at, field_)
+        for table, rows in metrotec_sim.spoiled.items()
+        for (vehicle, at), (field_, _value) in rows.items()
+        if first <= parse_time(at).date() <= last
+    }
+    assert {t for t, *_ in spoiled} >= {"routelog", "stops", "fuel_levels"}  # refuels are rare
+    got = {
+        (r["table"], r["vehicle_id"], json.loads(r["payload"]).get("startTime"), r["field"])
+        for r in quarantine_rows(metrotec_env)
+        if r["table"] != "fuel_levels"
+    }
+    got |= {
+        (r["table"], r["vehicle_id"], json.loads(r["payload"])["GMTime"], r["field"])
+        for r in quarantine_rows(metrotec_env)
+        if r["table"] == "fuel_levels"
+    }
+    assert got == spoiled
+    for table in TABLES:
+        assert metadata(result, KEYS[table])["quarantined_rows"] == sum(
+            1 for t, *_ in spoiled if t == table
+        )
 
 
 def test_429s_and_5xx_are_retried_counted_and_lose_nothing(

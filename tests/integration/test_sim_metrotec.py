@@ -3,6 +3,8 @@ endpoint is a faithful view of the World's ground truth."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
@@ -12,6 +14,7 @@ import requests
 
 from pipelines.simulator.clock import ManualClock as Clock
 from pipelines.simulator.metrotec import (
+    BAD_TIME,
     FUEL_UNKNOWN,
     IDLE_STOP_MIN_S,
     MetrotecServer,
@@ -49,7 +52,6 @@ VEHICLE_KEYS = {
     "isPercent", "next_maintenance_km", "isOwn", "odometer_day", "odometer", "mode",
     "fuel_card_nr", "categoryName", "btime", "gps_refresh_interval", "is_fuel_as_pressure",
 }  # fmt: skip
-
 
 
 def ts(text: str) -> datetime:
@@ -445,3 +447,33 @@ def test_a_period_without_data_is_an_empty_list(client: Client, path: str) -> No
     params = period(start, start + timedelta(days=1), VEHICLES[0].metrotec_object_id)
     params["start_from"] = (WORLD_END + timedelta(days=1)).strftime(FMT)
     assert client.rows(path, **params) == []
+
+
+# --- spoiled values -------------------------------------------------------------------------
+def test_bad_value_rate_spoils_that_share_of_rows_raw_and_the_same_rows_again(clock: Clock) -> None:
+    with MetrotecServer(WORLD, clock=clock) as spoiling:
+        c = Client(spoiling)
+        assert c.login().status_code == 200
+        faults = c.session.post(f"{spoiling.url}/_sim/faults", json={"bad_value_rate": 0.25})
+        assert faults.status_code == 200 and spoiling.bad_value_rate == 0.25
+        vehicle = VEHICLES[0].metrotec_object_id
+        params = period(WORLD_START, WORLD_END, vehicle)
+        first = c.get("routelog", **params)
+        again = c.get("routelog", **params)
+        levels = c.get("fuel/levels", vehicle_id=vehicle, start_from=WORLD_START.strftime(FMT))
+    assert first.text == again.text  # chosen by content: asking again gives the same faults
+    assert ":NaN" in levels.text or ":Infinity" in levels.text  # bare tokens, not strings
+    rows = first.json()
+    spoiled = spoiling.spoiled["routelog"]
+    assert 0.1 * len(rows) < len(spoiled) < 0.4 * len(rows)
+    kinds = Counter()
+    for row in rows:
+        hit = spoiled.get((vehicle, row["startTime"]))
+        if hit is None:
+            assert isinstance(row["routeLengthKM"], float) and math.isfinite(row["routeLengthKM"])
+            continue
+        name, value = hit
+        assert row[name] == value or (value != value and row[name] != row[name])
+        kinds["NaN" if value != value else str(value)] += 1
+    assert set(kinds) <= {"NaN", "inf", "12,5", BAD_TIME} and len(kinds) >= 3
+    assert all(set(r) == ROUTELOG_KEYS for r in rows)  # the shape stays intact

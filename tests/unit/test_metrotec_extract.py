@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from pipelines.lake import QUARANTINE_SCHEMA
 from pipelines.sources.metrotec.client import (
     format_time,
     parse_time,
@@ -23,6 +25,7 @@ from pipelines.sources.metrotec.extract import (
     VEHICLES,
     hms_seconds,
     inconsistent_trips,
+    quarantine_by_day,
     type_rows,
 )
 
@@ -162,21 +165,113 @@ def test_reference_stop_is_typed_with_its_fuel_code_kept_and_flagged() -> None:
     assert typed.table.schema == STOPS.schema
 
 
-def test_a_bad_value_is_stored_null_and_kept_verbatim_a_row_without_id_is_quarantined() -> None:
+def test_an_optional_bad_value_is_null_and_kept_verbatim_a_row_without_id_is_quarantined() -> None:
     rows = [
-        {**STOP, "ID": 1, "distance": "far", "newField": {"a": 1}},
+        {**STOP, "ID": 1, "status": "n/a", "newField": {"a": 1}},
         {**STOP, "ID": None},
         {**STOP, "ID": 3, "startTime": "14.02.2025"},
         "not an object",
     ]
     typed = type_rows(STOPS, [("000AAA", r) for r in rows], NOW)
     (row,) = typed.table.to_pylist()
-    assert row["distance"] is None
-    assert json.loads(row["extra_fields"]) == {"distance": "far", "newField": {"a": 1}}
+    assert row["status"] is None  # optional: nothing is built from a stop's status
+    assert json.loads(row["extra_fields"]) == {"status": "n/a", "newField": {"a": 1}}
     assert typed.unparsed_values == 1
     reasons = [q["reason"] for q in typed.quarantined]
-    assert reasons == ["ID missing", "startTime: cannot read '14.02.2025'", "not a JSON object"]
+    assert reasons == [
+        "ID is missing",
+        "startTime: '14.02.2025' is not a time (YYYY-MM-DD HH:MM:SS)",
+        "not a JSON object",
+    ]
+    assert [(q["field"], q["value"]) for q in typed.quarantined] == [
+        ("ID", None),
+        ("startTime", "14.02.2025"),
+        (None, None),
+    ]
     assert json.loads(typed.quarantined[0]["payload"])["objectID"] == "000AAA"
+    # On the row's own day when its time reads, else left to the caller (the window's first day).
+    assert [q["day"] for q in typed.quarantined] == [date(2025, 2, 14), None, None]
+
+
+REFUEL = {
+    "ID": 1,
+    "objectID": "000AAA",
+    "startTime": "2025-02-18 07:53:40",
+    "stopTime": "2025-02-18 07:58:10",
+    "maxTime": "2025-02-18 07:58:10",
+    "fuelBeforeL": 12.5,
+    "fuelAfterL": 54.0,
+    "routeLengthKM": 410.2,
+}
+TRIP = {
+    "ID": 7,
+    "objectID": "000AAA",
+    "startTime": "2025-02-14 09:00:00",
+    "stopTime": "2025-02-14 09:30:00",
+    "routeLengthKM": 12.0,
+    "drivingTimeSeconds": 1500,
+    "maxSpeed": 71,
+}
+LEVEL = {"GMTime": "2025-02-17 23:54:54", "fuel": 10, "lat": 59.3, "lon": 24.8, "input": 6}
+
+
+@pytest.mark.parametrize(
+    ("spec", "row", "key", "value", "text", "problem"),
+    [
+        (REFUELS, REFUEL, "fuelAfterL", "12,5", "12,5", "is not a number"),
+        (REFUELS, REFUEL, "fuelBeforeL", math.nan, "NaN", "is not a finite number"),
+        (REFUELS, REFUEL, "routeLengthKM", math.inf, "Infinity", "is not a finite number"),
+        (FUEL_LEVELS, LEVEL, "fuel", math.nan, "NaN", "is not a finite number"),
+        (FUEL_LEVELS, LEVEL, "lat", "NaN", "NaN", "is not a finite number"),
+        (FUEL_LEVELS, LEVEL, "lon", -math.inf, "-Infinity", "is not a finite number"),
+        (FUEL_LEVELS, LEVEL, "input", 6.5, "6.5", "is not an integer"),
+        (ROUTELOG, TRIP, "stopTime", "2025-02-30 25:61:00", "2025-02-30 25:61:00",
+         "is not a time (YYYY-MM-DD HH:MM:SS)"),
+        (ROUTELOG, TRIP, "maxSpeed", "fast", "fast", "is not a number"),
+        (ROUTELOG, TRIP, "drivingTimeSeconds", 10**30, str(10**30), "is out of range"),
+        (ROUTELOG, TRIP, "routeLengthKM", True, "true", "is not a number"),
+        (STOPS, STOP, "runningTime", "1h", "1h", "is not HH:MM:SS"),
+        (STOPS, STOP, "fuel", {"l": 2}, '{"l": 2}', "is not a number"),
+    ],
+)  # fmt: skip
+def test_a_value_that_is_not_a_finite_number_or_a_time_quarantines_its_row(
+    spec, row: dict, key: str, value: object, text: str, problem: str
+) -> None:
+    bad = {**row, "ID": 99, key: value} if "ID" in row else {**row, key: value}
+    typed = type_rows(spec, [("000AAA", row), ("000AAA", bad)], NOW)
+    assert typed.table.num_rows == 1  # the good row lands, the bad one never does
+    assert typed.unparsed_values == 0
+    (kept,) = typed.quarantined
+    assert kept["reason"] == f"{key}: '{text}' {problem}"
+    assert (kept["table"], kept["field"], kept["value"], kept["vehicle_id"]) == (
+        spec.name,
+        key,
+        text,
+        "000AAA",
+    )
+    assert kept["day"] == parse_time(row[spec.time_key]).date()
+    for number in typed.table.to_pylist()[0].values():
+        assert not (isinstance(number, float) and not math.isfinite(number))
+
+
+def test_quarantine_rows_carry_the_lake_convention_columns_per_day() -> None:
+    bad = [
+        {**REFUEL, "ID": 2, "fuelAfterL": "12,5"},  # its own day: 2025-02-18
+        {**REFUEL, "ID": 3, "startTime": "yesterday"},  # no day of its own: the window's first
+    ]
+    typed = type_rows(REFUELS, [("000AAA", r) for r in bad], NOW)
+    window = [date(2025, 2, 17), date(2025, 2, 18), date(2025, 2, 19)]
+    by_day = quarantine_by_day(typed.quarantined, NOW, window)
+    assert list(by_day) == window
+    assert [by_day[d].num_rows for d in window] == [1, 1, 0]  # an empty day clears an old one
+    assert by_day[window[0]].schema.names == [*QUARANTINE_SCHEMA.names, "vehicle_id"]
+    (row,) = by_day[window[1]].to_pylist()
+    assert (row["table"], row["field"], row["value"], row["quarantined_at"]) == (
+        "refuels",
+        "fuelAfterL",
+        "12,5",
+        NOW,
+    )
 
 
 def test_rows_outside_the_wanted_days_are_counted_not_landed() -> None:
@@ -208,6 +303,23 @@ def test_fuel_levels_take_the_asked_vehicle_and_refuel_codes_are_flagged() -> No
     refuel = {"ID": 1, "startTime": "2025-02-18 07:53:40", "fuelBeforeL": -2, "fuelAfterL": 54}
     (row,) = type_rows(REFUELS, [("000AAA", refuel)], NOW).table.to_pylist()
     assert row["fuel_is_code"] is True and row["fuelBeforeL"] == -2
+
+
+def test_a_vehicle_with_an_unreadable_setting_is_kept_with_that_value_null() -> None:
+    # A vehicle row is configuration: quarantining it would stop its trips being pulled.
+    vehicle = {"id": "010PNR", "tank_vol": "12,5", "odometer": math.nan, "isPercent": "x"}
+    typed = type_rows(VEHICLES, [(None, vehicle)], NOW)
+    (row,) = typed.table.to_pylist()
+    assert (row["id"], row["tank_vol"], row["odometer"], row["isPercent"]) == (
+        "010PNR",
+        None,
+        None,
+        None,
+    )
+    assert typed.unparsed_values == 3 and not typed.quarantined
+    extra = json.loads(row["extra_fields"])
+    assert extra["tank_vol"] == "12,5" and extra["isPercent"] == "x"
+    assert math.isnan(extra["odometer"])  # kept verbatim, never landed as a number
 
 
 def test_vehicles_snapshot_has_no_day_column_and_keeps_unknown_fields() -> None:

@@ -7,7 +7,7 @@ subsettable, and a run that selects only some tables calls only their endpoints.
 """
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from dagster import (
     ExecuteInProcessResult,
     Failure,
     MaterializeResult,
+    MetadataValue,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
@@ -40,13 +41,12 @@ from dagster import (
 )
 
 from pipelines.http import VendorAPIError
-from pipelines.lake import Lake, WriteResult
+from pipelines.lake import QUARANTINE_TABLE, Lake, WriteResult
 from pipelines.resources import LakeResource, credential_failure
-from pipelines.settings import MissingCredentialError
+from pipelines.settings import SettingError
 from pipelines.sources.metrotec.client import (
     MetrotecAuthError,
     MetrotecClient,
-    Window,
     plan_windows,
 )
 from pipelines.sources.metrotec.extract import (
@@ -65,8 +65,8 @@ POOL = "metrotec_api"
 GROUP = "metrotec"
 JOB_NAME = "metrotec_refresh"
 SCHEDULE_NAME = "metrotec_daily"
-QUARANTINE_TABLE = "quarantine"
 VEHICLES_CHECK = "vehicles_listed"
+QUARANTINE_CHECK = "no_quarantined_rows"
 ROUTELOG_CHECK = "routelog_times_consistent"
 REPULL_DAYS = 2  # trips and stops finish after midnight and stopEnd fills in a day later
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -93,6 +93,49 @@ class NoVehicleSnapshot(RuntimeError):
     """The partitioned tables need the vehicle list from the lake first."""
 
 
+def _quarantine_spec(key: AssetKey, table: str) -> AssetCheckSpec:
+    where = (
+        f"<lake>/metrotec/quarantine/day=D/{table}.parquet, D being the row's own UTC day (else "
+        "the first day of its request window)"
+        if table != "vehicles"
+        else "<lake>/metrotec/quarantine/day=D/vehicles.parquet, D being the snapshot day"
+    )
+    return AssetCheckSpec(
+        QUARANTINE_CHECK,
+        asset=key,
+        description=(
+            f"Warns when rows of raw/metrotec/{table} were quarantined instead of landed: no id "
+            'or time, or a number that is NaN, Infinity or not a number ("12,5"), or a time '
+            f"that is not a time. They are in {where}, with table, reason, field, value, payload "
+            "and vehicle_id. Read them with DuckDB (read_parquet('<lake>/metrotec/quarantine/"
+            "*/*.parquet')), get the vehicle's device or the account fixed at Metrotec, then "
+            "materialize those days again: a landing replaces its days' quarantine."
+        ),
+    )
+
+
+def _quarantine_check(
+    key: AssetKey, quarantined: int, lake: Lake, days: list[date]
+) -> AssetCheckResult:
+    """WARN when this materialization quarantined rows of this table."""
+    shown = f"{days[0]}..{days[-1]}" if len(days) > 1 else str(days[0])
+    return AssetCheckResult(
+        asset_key=key,
+        check_name=QUARANTINE_CHECK,
+        passed=quarantined == 0,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{quarantined} row(s) quarantined in {shown}",
+        metadata={
+            "quarantined_rows": quarantined,
+            "quarantine_dir": MetadataValue.path(str(lake.table_dir(SOURCE, QUARANTINE_TABLE))),
+        },
+    )
+
+
+def _days_written(days: Iterable[date]) -> MetadataValue:
+    return MetadataValue.json(sorted(d.isoformat() for d in days))
+
+
 def _asset_name(key: AssetKey) -> str:
     return "/".join(key.path)
 
@@ -105,7 +148,7 @@ def _failure(exc: VendorAPIError) -> Failure:
 def _client(metrotec: MetrotecResource, key: AssetKey) -> MetrotecClient:
     try:
         return metrotec.client(_asset_name(key))
-    except MissingCredentialError as exc:
+    except SettingError as exc:
         raise credential_failure(exc) from None
     except ValueError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
@@ -169,7 +212,8 @@ def _build_vehicles_asset() -> AssetsDefinition:
                     "Fails when the API listed no vehicle: the partitioned tables then refuse "
                     "to run rather than overwrite days with nothing."
                 ),
-            )
+            ),
+            _quarantine_spec(VEHICLES_KEY, "vehicles"),
         ],
         description=(
             "The Metrotec vehicle list, one snapshot per fetch day (UTC); the partitioned "
@@ -190,14 +234,14 @@ def _build_vehicles_asset() -> AssetsDefinition:
         snapshot_day = extracted_at.date()
         typed = type_vehicles(rows, extracted_at)
         lake_ = lake.lake()
+        # Written, or removed when empty, on every snapshot: the day's quarantine is this one's.
+        lake_.write_quarantine(
+            SOURCE, snapshot_day, "vehicles", quarantine_table(typed.quarantined, extracted_at)
+        )
         if typed.quarantined:
-            context.log.warning(f"{len(typed.quarantined)} vehicle rows quarantined (no id)")
-            lake_.write_file(
-                SOURCE,
-                QUARANTINE_TABLE,
-                snapshot_day,
-                "vehicles",
-                quarantine_table(typed.quarantined, extracted_at),
+            context.log.warning(
+                f"{len(typed.quarantined)} vehicle rows quarantined (no id) in "
+                f"{lake_.partition_dir(SOURCE, QUARANTINE_TABLE, snapshot_day)}"
             )
         written = lake_.replace_partition(SOURCE, "vehicles", snapshot_day, typed.table)
         context.log.info(f"{written.rows} Metrotec vehicles, snapshot day {snapshot_day}")
@@ -211,6 +255,7 @@ def _build_vehicles_asset() -> AssetsDefinition:
                 "unparsed_values": typed.unparsed_values,
                 "duplicates_dropped": typed.duplicates_dropped,
                 "snapshot_day": snapshot_day.isoformat(),
+                "days_written": _days_written([snapshot_day]),
             },
             check_results=[
                 AssetCheckResult(
@@ -218,7 +263,8 @@ def _build_vehicles_asset() -> AssetsDefinition:
                     passed=written.rows > 0,
                     severity=AssetCheckSeverity.ERROR,
                     metadata={"vehicles": written.rows},
-                )
+                ),
+                _quarantine_check(VEHICLES_KEY, len(typed.quarantined), lake_, [snapshot_day]),
             ],
         )
 
@@ -248,7 +294,8 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
                     "Warns when landed trips have no stopTime, stop before they start, or drive "
                     "longer than they last: their idle time is then unknown (NULL in fct_trips)."
                 ),
-            )
+            ),
+            *(_quarantine_spec(key, table) for table, key in TABLE_KEYS.items()),
         ],
         partitions_def=partitions,
         backfill_policy=BackfillPolicy.single_run(),
@@ -283,7 +330,6 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
             f"Metrotec {', '.join(tables)} for {days[0]}..{days[-1]} ({len(days)} days), "
             f"{len(vehicle_ids)} vehicles of the {snapshot_day} snapshot"
         )
-        fetched_on = datetime.now(UTC).date()
 
         def land(table: str, window_days_: list[date], data: pa.Table) -> tuple[int, int]:
             written: dict[date, WriteResult] = lake_.replace_partitions(
@@ -291,14 +337,17 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
             )
             return len(written), sum(w.bytes for w in written.values())
 
-        def quarantine(table: str, window: Window, data: pa.Table) -> None:
-            name = f"{table}_{window.first_day}_{window.last_day}"
-            lake_.write_file(SOURCE, QUARANTINE_TABLE, fetched_on, name, data)
-            context.log.warning(
-                f"{data.num_rows} {table} rows of {window.first_day}..{window.last_day} could "
-                f"not be placed (no id or time) and were quarantined in "
-                f"{SOURCE}/{QUARANTINE_TABLE}/day={fetched_on}/{name}.parquet"
-            )
+        def quarantine(table: str, by_day: dict[date, pa.Table]) -> None:
+            """Each day's quarantine of `table` is this landing's (none: an older one goes)."""
+            for day, rows in by_day.items():
+                lake_.write_quarantine(SOURCE, day, table, rows)
+            bad = {day: rows.num_rows for day, rows in by_day.items() if rows.num_rows}
+            if bad:
+                context.log.warning(
+                    f"{sum(bad.values())} {table} rows quarantined instead of landed, in "
+                    f"{lake_.table_dir(SOURCE, QUARANTINE_TABLE)}/day=D/{table}.parquet for "
+                    f"D in {', '.join(str(d) for d in sorted(bad))}"
+                )
 
         try:
             results = extract_range(
@@ -334,6 +383,9 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
                     "landed as no data"
                 )
             check_results = []
+            key = TABLE_KEYS[table]
+            if AssetCheckKey(key, QUARANTINE_CHECK) in context.selected_asset_check_keys:
+                check_results.append(_quarantine_check(key, result.quarantined, lake_, days))
             if (
                 table == "routelog"
                 and AssetCheckKey(routelog_key, ROUTELOG_CHECK) in context.selected_asset_check_keys
@@ -348,7 +400,7 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
                     )
                 )
             yield MaterializeResult(
-                asset_key=TABLE_KEYS[table],
+                asset_key=key,
                 metadata=_table_metadata(table, result) | common,
                 check_results=check_results,
             )
@@ -356,8 +408,8 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
     return metrotec_activity
 
 
-def _table_metadata(table: str, result: TableResult) -> dict[str, float | int | str]:
-    metadata: dict[str, float | int | str] = {
+def _table_metadata(table: str, result: TableResult) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
         "rows": result.rows,
         "files": result.files,
         "bytes": result.bytes,
@@ -368,6 +420,7 @@ def _table_metadata(table: str, result: TableResult) -> dict[str, float | int | 
         "duplicates_dropped": result.duplicates_dropped,
         "rows_outside_range": result.outside_range,
         "vehicles_not_found": result.not_found,
+        "days_written": _days_written(result.days),
     }
     if table in ("stops", "refuels", "fuel_levels"):
         metadata["fuel_code_rows"] = result.fuel_code_rows

@@ -2,14 +2,18 @@
 
 No Dagster, no URLs. The lake keeps the vendor's field names (so a row reads like the API
 reference) with typed values, plus a few derived columns in snake_case: `running_time_s`,
-`fuel_is_code`, `extra_fields`, `extracted_at`. Nothing the API sent is dropped: a value that
-does not fit its type is stored NULL and kept verbatim in `extra_fields`; a row without its
-id or time cannot be placed and is quarantined whole.
+`fuel_is_code`, `extra_fields`, `extracted_at`. Values are validated where they enter: a row
+without its id or time, or with a number that is not a finite number (`NaN`, `Infinity`,
+"12,5") or a time that is not a time in any field the facts are built from, is quarantined
+whole with the field, the value and the reason, in the lake's one quarantine convention. Only a
+field declared optional (a spare sensor, a vehicle's configuration) is stored NULL instead, its
+value kept verbatim in `extra_fields` and counted. Nothing the API sent is dropped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,8 +22,10 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.http import RequestStats
+from pipelines.lake import QUARANTINE_SCHEMA
 from pipelines.sources.metrotec.client import MetrotecClient, Window, parse_time, plan_windows
 
 TS = pa.timestamp("us", tz="UTC")
@@ -28,26 +34,47 @@ TABLES = ("routelog", "stops", "refuels", "fuel_levels")
 _HMS = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 
 
-# --- value parsers: each returns the typed value or raises ValueError -----------------------
+# --- value parsers: each returns the typed value, or raises ValueError saying what is wrong ---
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class BadValue(ValueError):
+    """A value that does not read as its type; the message says how ("is not a number")."""
+
+
+def _finite(value: Any) -> float:
+    """A number (or a string holding one) as a finite float."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadValue("is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadValue("is not a number") from None
+    except OverflowError:  # an int beyond a double
+        raise BadValue("is not a finite number") from None
+    if not math.isfinite(number):
+        raise BadValue("is not a finite number")
+    return number
+
+
 def _int(value: Any) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    if isinstance(value, int):
-        return value
-    number = float(value) if isinstance(value, float | str) else None
-    if number is None or not number.is_integer():
-        raise ValueError(f"not an integer: {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        number: int | float = value
+    else:
+        number = _finite(value)
+        if not number.is_integer():
+            raise BadValue("is not an integer")
+    if not _INT64[0] <= number <= _INT64[1]:
+        raise BadValue("is out of range")
     return int(number)
 
 
 def _float(value: Any) -> float | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"not a number: {value!r}")
-    return float(value)
+    return _finite(value)
 
 
 def _str(value: Any) -> str | None:
@@ -60,6 +87,13 @@ def _str(value: Any) -> str | None:
     return str(value)
 
 
+def _time(value: Any) -> datetime | None:
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        raise BadValue("is not a time (YYYY-MM-DD HH:MM:SS)") from None
+
+
 def hms_seconds(value: Any) -> int | None:
     """`runningTime` "HH:MM:SS" (hours may exceed 23) → whole seconds; ints are seconds already."""
     if value is None or value == "":
@@ -70,16 +104,25 @@ def hms_seconds(value: Any) -> int | None:
         return int(value)
     match = _HMS.match(str(value).strip())
     if match is None:
-        raise ValueError(f"not HH:MM:SS: {value!r}")
+        raise BadValue("is not HH:MM:SS")
     hours, minutes, seconds = (int(g) for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
+
+
+def value_text(value: Any) -> str:
+    """A value as the API sent it, as text: NaN and Infinity as the bare tokens."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
 _TYPES: dict[str, tuple[pa.DataType, Callable[[Any], Any]]] = {
     "int": (pa.int64(), _int),
     "float": (pa.float64(), _float),
     "str": (pa.string(), _str),
-    "time": (TS, parse_time),
+    "time": (TS, _time),
 }
 
 
@@ -93,6 +136,9 @@ class TableSpec:
     time_key: str | None  # its UTC date is the row's partition day (None: snapshot table)
     id_key: str | None  # rows sharing (objectID, id) are one record: the last one wins
     derived: tuple[pa.Field, ...] = ()
+    # Fields whose unreadable value is stored NULL (kept verbatim in extra_fields, counted as
+    # unparsed_values) instead of quarantining the row: nothing is built from them.
+    optional: tuple[str, ...] = ()
 
     @property
     def schema(self) -> pa.Schema:
@@ -150,6 +196,7 @@ STOPS = TableSpec(
     time_key="startTime",
     id_key="ID",
     derived=(pa.field("running_time_s", pa.int64()), _FUEL_CODE),
+    optional=("status",),
 )
 REFUELS = TableSpec(
     "refuels",
@@ -190,62 +237,56 @@ FUEL_LEVELS = TableSpec(
     time_key="GMTime",
     id_key=None,
     derived=(_FUEL_CODE,),
+    optional=("t1", "t2", "t3", "t4"),  # spare sensor inputs
+)
+_VEHICLE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("id", "str"),
+    ("alias", "str"),
+    ("categoryID", "int"),
+    ("categoryName", "str"),
+    ("tank_vol", "float"),
+    ("isPercent", "int"),
+    ("is_fuel_as_pressure", "int"),
+    ("odometer", "float"),
+    ("odometer_day", "time"),
+    ("gps_refresh_interval", "int"),
+    ("isOwn", "int"),
+    ("isDDD", "int"),
+    ("account_type", "int"),
+    ("Manufacture", "int"),
+    ("extraDevices", "int"),
+    ("naviseade", "str"),
+    ("calcByM", "int"),
+    ("T1min", "float"),
+    ("T1max", "float"),
+    ("T2min", "float"),
+    ("T2max", "float"),
+    ("barrel_type", "str"),
+    ("next_maintenance_km", "str"),
+    ("mode", "str"),
+    ("fuel_card_nr", "str"),
+    ("btime", "int"),
 )
 VEHICLES = TableSpec(
     "vehicles",
-    fields=(
-        ("id", "str"),
-        ("alias", "str"),
-        ("categoryID", "int"),
-        ("categoryName", "str"),
-        ("tank_vol", "float"),
-        ("isPercent", "int"),
-        ("is_fuel_as_pressure", "int"),
-        ("odometer", "float"),
-        ("odometer_day", "time"),
-        ("gps_refresh_interval", "int"),
-        ("isOwn", "int"),
-        ("isDDD", "int"),
-        ("account_type", "int"),
-        ("Manufacture", "int"),
-        ("extraDevices", "int"),
-        ("naviseade", "str"),
-        ("calcByM", "int"),
-        ("T1min", "float"),
-        ("T1max", "float"),
-        ("T2min", "float"),
-        ("T2max", "float"),
-        ("barrel_type", "str"),
-        ("next_maintenance_km", "str"),
-        ("mode", "str"),
-        ("fuel_card_nr", "str"),
-        ("btime", "int"),
-    ),
+    fields=_VEHICLE_FIELDS,
     required=("id",),
     time_key=None,
     id_key="id",
+    # A vehicle row is configuration, and the vehicle list decides whose activity is pulled:
+    # quarantining a vehicle for an unreadable setting would stop its trips being pulled at all.
+    optional=tuple(key for key, _ in _VEHICLE_FIELDS if key != "id"),
 )
 SPECS = {s.name: s for s in (ROUTELOG, STOPS, REFUELS, FUEL_LEVELS, VEHICLES)}
 
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        pa.field("table", pa.string(), nullable=False),
-        pa.field("vehicle_id", pa.string()),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("payload", pa.string(), nullable=False),
-        pa.field("extracted_at", TS, nullable=False),
-    ]
-)
+QUARANTINE_FIELDS = (*QUARANTINE_SCHEMA, pa.field("vehicle_id", pa.string()))
+"""The lake's quarantine columns, then the vehicle the rows were asked for."""
 
 
-def _derive(spec: TableSpec, record: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Derived columns; the raw value stays in its own column whatever happens here."""
+def _derive(spec: TableSpec, record: dict[str, Any]) -> None:
+    """Derived columns; the raw value stays in its own column. Raises BadValue (runningTime)."""
     if spec.name == "stops":
-        try:
-            record["running_time_s"] = hms_seconds(record.get("runningTime"))
-        except ValueError:
-            record["running_time_s"] = None
-            extra.setdefault("runningTime", record.get("runningTime"))
+        record["running_time_s"] = hms_seconds(record.get("runningTime"))
     if spec.name == "refuels":
         levels = (record.get("fuelBeforeL"), record.get("fuelAfterL"))
         record["fuel_is_code"] = any(v is not None and v < 0 for v in levels)
@@ -257,7 +298,11 @@ def _derive(spec: TableSpec, record: dict[str, Any], extra: dict[str, Any]) -> N
 
 @dataclass
 class Typed:
-    """One table's rows of one window, typed, with what could not be typed."""
+    """One table's rows of one window, typed, with what could not be typed.
+
+    `quarantined` rows carry the quarantine columns plus `day`: the row's own UTC day when its
+    time reads, else None (the caller places it).
+    """
 
     table: pa.Table
     quarantined: list[dict[str, Any]] = field(default_factory=list)
@@ -275,47 +320,56 @@ def type_rows(
 ) -> Typed:
     """Type (vehicle id, raw row) pairs; keep only rows of `days` when given (counted if not).
 
-    Rows are ordered by vehicle, time and id so that re-landing the same data writes the same
-    rows in the same order.
+    A row whose own day is outside `days` is counted, never landed nor quarantined here: its
+    own partition's run decides. Rows are ordered by vehicle, time and id so that re-landing
+    the same data writes the same rows in the same order.
     """
     known = {key for key, _ in spec.fields}
     out: dict[Any, dict[str, Any]] = {}
     result = Typed(table=spec.schema.empty_table())
     for n, (vehicle_id, row) in enumerate(rows):
         if not isinstance(row, dict):
-            result.quarantined.append(_quarantine(spec, vehicle_id, "not a JSON object", row))
+            not_object = (None, None, "not a JSON object")
+            result.quarantined.append(_quarantine(spec, vehicle_id, not_object, row, None))
+            continue
+        day = _own_day(spec, row)
+        if days is not None and day is not None and day not in days:
+            result.outside_range += 1
             continue
         record: dict[str, Any] = {}
         extra = {k: v for k, v in row.items() if k not in known}
-        problem = None
+        problem: tuple[str | None, Any, str] | None = None
+        unparsed = 0
         for key, kind in spec.fields:
             value = row.get(key)
             if key == "objectID" and value in (None, ""):
                 value = vehicle_id  # fuel levels carry no objectID: they are the asked vehicle's
             try:
                 record[key] = _TYPES[kind][1](value)
-            except (ValueError, TypeError, OverflowError):
-                if key in spec.required:
-                    problem = f"{key}: cannot read {value!r}"
+            except BadValue as exc:
+                if key not in spec.optional:
+                    problem = (key, value, str(exc))
                     break
                 record[key] = None
                 extra[key] = value
-                result.unparsed_values += 1
+                unparsed += 1
         if problem is None:
             missing = [k for k in spec.required if record.get(k) is None]
             if missing:
-                problem = f"{', '.join(missing)} missing"
+                problem = (missing[0], None, "is missing")
+        if problem is None:
+            try:
+                _derive(spec, record)
+            except BadValue as exc:  # runningTime, which the idle durations are built from
+                problem = ("runningTime", row.get("runningTime"), str(exc))
         if problem is not None:
-            result.quarantined.append(_quarantine(spec, vehicle_id, problem, row))
+            result.quarantined.append(_quarantine(spec, vehicle_id, problem, row, day))
             continue
-        _derive(spec, record, extra)
+        result.unparsed_values += unparsed
         record["extra_fields"] = json.dumps(extra, sort_keys=True, default=str) if extra else None
         record["extracted_at"] = extracted_at
         if spec.time_key is not None:
             record["day"] = record[spec.time_key].date()
-            if days is not None and record["day"] not in days:
-                result.outside_range += 1
-                continue
         key = (record.get("objectID"), record[spec.id_key]) if spec.id_key else n
         if key in out:
             result.duplicates_dropped += 1
@@ -333,19 +387,69 @@ def type_rows(
     return result
 
 
-def _quarantine(spec: TableSpec, vehicle_id: str | None, reason: str, row: Any) -> dict[str, Any]:
+def _own_day(spec: TableSpec, row: dict[str, Any]) -> date | None:
+    """The UTC day of the row's time, if it reads (the day it lands, or is quarantined, on)."""
+    if spec.time_key is None:
+        return None
+    try:
+        at = parse_time(row.get(spec.time_key))
+    except (ValueError, OverflowError):
+        return None
+    return at.date() if at is not None else None
+
+
+def reason_of(field_: str | None, value: Any, problem: str) -> str:
+    """One line: "fuelAfterL: '12,5' is not a number", or "startTime is missing"."""
+    if field_ is None:
+        return problem
+    if value is None:
+        return f"{field_} {problem}"
+    return f"{field_}: '{value_text(value)[:40]}' {problem}"
+
+
+def _quarantine(
+    spec: TableSpec,
+    vehicle_id: str | None,
+    problem: tuple[str | None, Any, str],
+    row: Any,
+    day: date | None,
+) -> dict[str, Any]:
+    field_, value, what = problem
     return {
         "table": spec.name,
-        "vehicle_id": vehicle_id,
-        "reason": reason,
+        "reason": reason_of(field_, value, what),
+        "field": field_,
+        "value": None if value is None else value_text(value)[:1000],
         "payload": json.dumps(row, sort_keys=True, default=str, ensure_ascii=False),
+        "vehicle_id": vehicle_id,
+        "day": day,
     }
 
 
-def quarantine_table(records: Sequence[dict[str, Any]], extracted_at: datetime) -> pa.Table:
+def quarantine_table(records: Sequence[dict[str, Any]], quarantined_at: datetime) -> pa.Table:
+    """Quarantined rows in the lake's quarantine columns (+ vehicle_id), for one landing unit."""
+    schema = pa.schema(QUARANTINE_FIELDS)
     return pa.Table.from_pylist(
-        [{**r, "extracted_at": extracted_at} for r in records], schema=QUARANTINE_SCHEMA
+        [{**r, "quarantined_at": quarantined_at} for r in records], schema=schema
     )
+
+
+def quarantine_by_day(
+    records: Sequence[dict[str, Any]], quarantined_at: datetime, days: Sequence[date]
+) -> dict[date, pa.Table]:
+    """The quarantine of every day of a window, empty days included (landing a day again then
+    removes what an earlier landing quarantined there). A row without a readable day goes on
+    the window's first day."""
+    rows = [{**r, "day": r["day"] or days[0]} for r in records]
+    table = quarantine_table(rows, quarantined_at).append_column(
+        "day", pa.array([r["day"] for r in rows], pa.date32())
+    )
+    empty = pa.schema(QUARANTINE_FIELDS).empty_table()
+    out = {}
+    for day in days:
+        mine = table.filter(pc.equal(table["day"], pa.scalar(day, pa.date32())))
+        out[day] = mine.drop_columns(["day"]) if mine.num_rows else empty
+    return out
 
 
 # --- the pull ------------------------------------------------------------------------------
@@ -358,6 +462,7 @@ class TableResult:
     rows: int = 0
     files: int = 0
     bytes: int = 0
+    days: set[date] = field(default_factory=set)  # partition days replaced
     quarantined: int = 0
     unparsed_values: int = 0
     duplicates_dropped: int = 0
@@ -390,8 +495,8 @@ def inconsistent_trips(routelog: pa.Table) -> int:
 
 # Lands one table's rows for every day of a window (empty days too); returns (files, bytes).
 Lander = Callable[[str, list[date], pa.Table], tuple[int, int]]
-# Keeps rows that could not be typed: (table name, window, quarantine rows).
-Quarantiner = Callable[[str, Window, pa.Table], None]
+# Makes each day's quarantine of one table what the window found (an empty table: none).
+Quarantiner = Callable[[str, dict[date, pa.Table]], None]
 
 
 class _StatsDelta:
@@ -437,7 +542,8 @@ def extract_range(
     One request series per vehicle per window (≤ `window_days` days): route log, stops and
     refuels take one request each, fuel levels page through the window. A window is landed
     only when every vehicle's rows are in hand, on a worker thread while the next window's
-    requests run; a failure leaves that window's partitions as they were.
+    requests run; a failure leaves that window's partitions as they were. Its quarantine is
+    written first, so a day's data never shows without the rows it lost.
     """
     unknown = set(tables) - set(TABLES)
     if unknown:
@@ -449,13 +555,13 @@ def extract_range(
         extracted_at = datetime.now(UTC)
         for table, rows in fetched.items():
             typed = type_rows(SPECS[table], rows, extracted_at, days=set(window.days))
-            if typed.quarantined:
-                quarantine(table, window, quarantine_table(typed.quarantined, extracted_at))
+            quarantine(table, quarantine_by_day(typed.quarantined, extracted_at, window.days))
             files, written = land(table, window.days, typed.table)
             result = results[table]
             result.add_typed(typed)
             result.files += files
             result.bytes += written
+            result.days.update(window.days)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrotec-land") as pool:
         pending: list[Future[None]] = []
