@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -163,6 +164,9 @@ def _build_asset() -> AssetsDefinition:
         for table, key in ASSET_KEYS.items():
             landing = result.tables[table]
             quarantined = result.quarantined_by_table[table]
+            checks = []
+            if AssetCheckKey(key, QUARANTINE_CHECK) in context.selected_asset_check_keys:
+                checks.append(_quarantine_check(key, quarantined, unplaced, lake_))
             yield MaterializeResult(
                 asset_key=key,
                 metadata={
@@ -173,7 +177,7 @@ def _build_asset() -> AssetsDefinition:
                     "quarantined_rows": quarantined,
                     **shared,
                 },
-                check_results=[_quarantine_check(key, quarantined, unplaced, lake_)],
+                check_results=checks,
             )
 
     return kt1_stream_drain

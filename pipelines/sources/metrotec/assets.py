@@ -245,6 +245,12 @@ def _build_vehicles_asset() -> AssetsDefinition:
             )
         written = lake_.replace_partition(SOURCE, "vehicles", snapshot_day, typed.table)
         context.log.info(f"{written.rows} Metrotec vehicles, snapshot day {snapshot_day}")
+        quarantine_checks = []
+        if AssetCheckKey(VEHICLES_KEY, QUARANTINE_CHECK) in context.selected_asset_check_keys:
+            quarantined = len(typed.quarantined)
+            quarantine_checks.append(
+                _quarantine_check(VEHICLES_KEY, quarantined, lake_, [snapshot_day])
+            )
         return MaterializeResult(
             metadata={
                 "rows": written.rows,
@@ -264,7 +270,7 @@ def _build_vehicles_asset() -> AssetsDefinition:
                     severity=AssetCheckSeverity.ERROR,
                     metadata={"vehicles": written.rows},
                 ),
-                _quarantine_check(VEHICLES_KEY, len(typed.quarantined), lake_, [snapshot_day]),
+                *quarantine_checks,
             ],
         )
 
