@@ -56,7 +56,7 @@ from pipelines.sources.avl.client import AvlClient
 from pipelines.sources.avl.extract import extract_trips
 from pipelines.sources.kt1.client import Kt1Client
 from pipelines.sources.kt1.drain import drain_stream
-from pipelines.sources.metrotec.client import MAX_WINDOW_DAYS, MetrotecClient, Window
+from pipelines.sources.metrotec.client import MAX_WINDOW_DAYS, MetrotecClient
 from pipelines.sources.metrotec.extract import SOURCE as METROTEC
 from pipelines.sources.metrotec.extract import TABLES as METROTEC_TABLES
 from pipelines.sources.metrotec.extract import extract_range, quarantine_table, type_vehicles
@@ -277,15 +277,16 @@ def land_metrotec(lake: Lake, sims: Simulators, days: list[date]) -> None:
         written = lake.replace_partitions(METROTEC, table, window_days, data)
         return len(written), sum(w.bytes for w in written.values())
 
-    def quarantine(table: str, window: Window, data: pa.Table) -> None:
-        name = f"{table}_{window.first_day}_{window.last_day}"
-        lake.write_file(METROTEC, "quarantine", fetched_on, name, data)
+    def quarantine(table: str, by_day: dict[date, pa.Table]) -> None:
+        for day, rows in by_day.items():
+            lake.write_quarantine(METROTEC, day, table, rows)
 
     with connected(client, sims.metrotec):
         typed = type_vehicles(client.vehicles(), now)
         if typed.quarantined:
-            data = quarantine_table(typed.quarantined, now)
-            lake.write_file(METROTEC, "quarantine", fetched_on, "vehicles", data)
+            lake.write_quarantine(
+                METROTEC, fetched_on, "vehicles", quarantine_table(typed.quarantined, now)
+            )
         lake.replace_partition(METROTEC, "vehicles", fetched_on, typed.table)
         extract_range(
             client,

@@ -472,16 +472,19 @@ def test_the_checks_of_a_real_kt1_drain_stay_quiet_on_clean_simulated_data(fleet
     evaluations = {
         (e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()
     }
-    lake_days = {(table, LAKE_DAYS_CHECK) for table in ("telemetry", "trips", "events", "changes")}
+    tables = ("telemetry", "trips", "events", "changes")
+    lake_days = {(table, LAKE_DAYS_CHECK) for table in tables}
+    quarantine = {(table, "no_quarantined_rows") for table in tables}
     assert set(evaluations) == {
         ("trips", OVERLAP_CHECK),
         ("telemetry", ODOMETER_CHECK),
         ("telemetry", FUEL_CHECK),
         *lake_days,
+        *quarantine,
     }
     for key, evaluation in evaluations.items():
         assert evaluation.passed, evaluation.metadata
-        if key not in lake_days:
+        if key not in lake_days | quarantine:
             assert evaluation.metadata["checked"].value > 0
 
 
