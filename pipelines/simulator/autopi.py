@@ -78,7 +78,7 @@ BAD_VALUES = ("NaN", "Infinity", "-Infinity", "decimal comma", "timestamp")
 
 @dataclass
 class ExportFaults(Faults):
-    """The common switches plus bad values inside exports that still parse as JSON lines.
+    """The common switches plus bad trip objects; where `bad_value_rate` spoils lines.
 
     `bad_value_rate`: share of datapoint lines where one value is one of `BAD_VALUES`: the
     first number of the line as `NaN`, `Infinity` or `-Infinity` (the tokens Python's json and
@@ -88,7 +88,6 @@ class ExportFaults(Faults):
     Both are deterministic per (seed, trip, export run, line), like `malformed_rate`.
     """
 
-    bad_value_rate: float = 0.0
     bad_trip_rate: float = 0.0
 
 

@@ -58,7 +58,9 @@ class Response:
 class Faults:
     """Fault switches. `next_*` counters fire on the next N requests; `*_rate` fire at random.
 
-    `malformed_rate` is read by servers that emit JSON lines (AutoPi, kt1) to corrupt lines.
+    `malformed_rate` is read by servers that emit JSON lines (AutoPi, kt1) to corrupt lines;
+    `bad_value_rate` by servers that spoil values inside well-formed rows (NaN, Infinity,
+    decimal-comma numbers, day-first times; each server says where).
     """
 
     next_429: int = 0
@@ -72,6 +74,7 @@ class Faults:
     slow_s: float = 2.0
     status_5xx: int = 503
     malformed_rate: float = 0.0
+    bad_value_rate: float = 0.0
     seed: int = 0
 
     def update(self, **changes: Any) -> None:
@@ -112,6 +115,15 @@ class SimServer:
         self.route("GET", r"/_sim/stats", self._stats)
         self._httpd = _Httpd((host, port), _make_handler(self))
         self._thread: threading.Thread | None = None
+
+    @property
+    def bad_value_rate(self) -> float:
+        """`faults.bad_value_rate`, also settable here."""
+        return self.faults.bad_value_rate
+
+    @bad_value_rate.setter
+    def bad_value_rate(self, rate: float) -> None:
+        self.faults.bad_value_rate = float(rate)
 
     # --- subclass API ---------------------------------------------------------------------
     def _register_routes(self) -> None:

@@ -142,7 +142,6 @@ class Kt1Server(SimServer):
         port: int = 0,
     ) -> None:
         self.world = world
-        self.bad_value_rate = bad_value_rate
         self.token = token
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.long_poll_s = long_poll_s
@@ -163,6 +162,7 @@ class Kt1Server(SimServer):
         self._future: list[tuple[float, bytes]] = []
         self._future_pos = 0
         super().__init__(host, port)
+        self.bad_value_rate = bad_value_rate
         self._future = sorted(self._world_items(), key=lambda entry: entry[0])
         self._release_due()
 
@@ -218,21 +218,6 @@ class Kt1Server(SimServer):
     def _stats(self, req: Request) -> Response:
         resp = super()._stats(req)
         resp.body["kt1"] = self.stats()
-        resp.body["faults"]["bad_value_rate"] = self.bad_value_rate
-        return resp
-
-    def _set_faults(self, req: Request) -> Response:
-        """The shared switches, plus this server's `bad_value_rate`."""
-        try:
-            changes = dict(req.json() or {})
-            if "bad_value_rate" in changes:
-                self.bad_value_rate = float(changes.pop("bad_value_rate"))
-        except (ValueError, TypeError) as exc:
-            return Response(400, {"error": str(exc)})
-        req.body = json.dumps(changes).encode()
-        resp = super()._set_faults(req)
-        if resp.status == 200:
-            resp.body["bad_value_rate"] = self.bad_value_rate
         return resp
 
     # --- queue mechanics (call with self._cond held) --------------------------------------

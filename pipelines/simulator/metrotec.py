@@ -199,7 +199,6 @@ class MetrotecServer(SimServer):
         port: int = 0,
     ) -> None:
         self.world = world
-        self.bad_value_rate = bad_value_rate
         # Rows served with a spoiled value: table → {(vehicle, row's time): (field, value)}.
         self.spoiled: dict[str, dict[tuple[str, str], tuple[str, object]]] = {}
         self.username = username
@@ -218,6 +217,7 @@ class MetrotecServer(SimServer):
         self.logins = 0
         self.unauthorized = 0
         super().__init__(host, port)
+        self.bad_value_rate = bad_value_rate
 
     # --- test hooks -----------------------------------------------------------------------
     def expire_tokens(self) -> int:
@@ -244,21 +244,6 @@ class MetrotecServer(SimServer):
     def _stats(self, req: Request) -> Response:
         resp = super()._stats(req)
         resp.body["metrotec"] = self.counters()
-        resp.body["faults"]["bad_value_rate"] = self.bad_value_rate
-        return resp
-
-    def _set_faults(self, req: Request) -> Response:
-        """The shared switches, plus this server's `bad_value_rate`."""
-        try:
-            changes = dict(req.json() or {})
-            if "bad_value_rate" in changes:
-                self.bad_value_rate = float(changes.pop("bad_value_rate"))
-        except (ValueError, TypeError) as exc:
-            return Response(400, {"error": str(exc)})
-        req.body = json.dumps(changes).encode()
-        resp = super()._set_faults(req)
-        if resp.status == 200:
-            resp.body["bad_value_rate"] = self.bad_value_rate
         return resp
 
     def _spoil(
