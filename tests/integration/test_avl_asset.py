@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pyarrow.compute as pc
 import pytest
-from dagster import AssetKey, ExecuteInProcessResult, materialize
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
 
 from pipelines.definitions import build_defs
 from pipelines.lake import Lake
@@ -18,7 +18,12 @@ AVL_KEY = AssetKey(["raw", "avl", "trips"])
 TALLINN = ZoneInfo("Europe/Tallinn")
 
 
-def run_avl(first: date, last: date) -> ExecuteInProcessResult:
+def run_avl(
+    first: date,
+    last: date,
+    run_config: dict | None = None,
+    instance: DagsterInstance | None = None,
+) -> ExecuteInProcessResult:
     defs = build_defs()
     return materialize(
         list(defs.assets),
@@ -28,6 +33,8 @@ def run_avl(first: date, last: date) -> ExecuteInProcessResult:
             "dagster/asset_partition_range_start": first.isoformat(),
             "dagster/asset_partition_range_end": last.isoformat(),
         },
+        run_config=run_config,
+        instance=instance,
         raise_on_error=False,
     )
 

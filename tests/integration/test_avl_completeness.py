@@ -12,46 +12,22 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import (
     AssetCheckSeverity,
-    AssetKey,
     DagsterInstance,
     ExecuteInProcessResult,
-    materialize,
 )
 
-from pipelines.definitions import build_defs
 from pipelines.lake import Lake
 from pipelines.settings import SettingError
 from pipelines.simulator.avl import AvlServer
 from pipelines.sources.avl.client import plan_windows
 from pipelines.sources.avl.resources import AvlResource
+from tests.integration.test_avl_asset import AVL_KEY, run_avl
 
-AVL_KEY = AssetKey(["raw", "avl", "trips"])
 TALLINN = ZoneInfo("Europe/Tallinn")
 DAY = date(2026, 3, 30)
 ALLOW = {"ops": {"raw__avl__trips": {"config": {"allow_narrower": True}}}}
 FLOATS = ("trip_start_lat", "trip_start_lon", "trip_end_lat", "trip_end_lon", "kms")
 FLOATS += ("duration_min", "idle_min", "max_speed", "fuel", "cost")
-
-
-def run_avl(
-    first: date,
-    last: date,
-    run_config: dict | None = None,
-    instance: DagsterInstance | None = None,
-) -> ExecuteInProcessResult:
-    defs = build_defs()
-    return materialize(
-        list(defs.assets),
-        resources=defs.resources,
-        selection=[AVL_KEY],
-        tags={
-            "dagster/asset_partition_range_start": first.isoformat(),
-            "dagster/asset_partition_range_end": last.isoformat(),
-        },
-        run_config=run_config,
-        instance=instance,
-        raise_on_error=False,
-    )
 
 
 def metadata(result: ExecuteInProcessResult) -> dict:
