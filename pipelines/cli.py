@@ -133,7 +133,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir).resolve()
     os.environ["FLEET_LAKE_DIR"] = str(data_dir / "lake")
-    os.environ["FLEET_DUCKDB_PATH"] = str(data_dir / "fleet.duckdb")
+    os.environ["FLEET_FACTS_CATALOG"] = f"sqlite:{data_dir / 'fleet_catalog.sqlite'}"
+    os.environ["FLEET_FACTS_DATA_PATH"] = str(data_dir / "facts")
     os.environ["DAGSTER_HOME"] = str(data_dir / "dagster")
     _ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
     last = datetime.now(UTC).date() - timedelta(days=1)
@@ -174,7 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             console.print(
                 f"[green]✓[/] {label} in {time.monotonic() - t0:.1f}s  {summarize(result)}"
             )
-    _print_fleet_summary(Path(os.environ["FLEET_DUCKDB_PATH"]), first, last)
+    _print_fleet_summary(first, last)
     console.print(f"\nDone in {time.monotonic() - started:.0f}s. Lake: {data_dir / 'lake'}")
     console.print(
         "Query the facts:   "
@@ -254,10 +255,10 @@ def _summary_of(result) -> str:  # noqa: ANN001
     return "  ".join(parts)
 
 
-def _print_fleet_summary(duckdb_path: Path, first: date, last: date) -> None:
-    import duckdb
+def _print_fleet_summary(first: date, last: date) -> None:
+    from pipelines.facts import connect
 
-    con = duckdb.connect(str(duckdb_path), read_only=True)
+    con = connect(read_only=True)
     try:
         rows = con.execute(
             """
@@ -324,7 +325,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     with start_all(world, ports=DEFAULT_PORTS) as sims:
         env.update(sims.env())
         env.setdefault("FLEET_LAKE_DIR", str(Path("data/lake").resolve()))
-        env.setdefault("FLEET_DUCKDB_PATH", str(Path("data/fleet.duckdb").resolve()))
+        env.setdefault(
+            "FLEET_FACTS_CATALOG", f"sqlite:{Path('data/fleet_catalog.sqlite').resolve()}"
+        )
+        env.setdefault("FLEET_FACTS_DATA_PATH", str(Path("data/facts").resolve()))
         console.print("Simulator running; Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops both).")
         try:
             return subprocess.call(command, env=env)
@@ -365,16 +369,17 @@ def cmd_autopi_reexport(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
+    from pipelines.facts import FactsError, connect
     from pipelines.settings import get_settings, load_env_file
 
     load_env_file()
-    path = get_settings().duckdb_path
-    if not path.exists():
-        console.print(
-            f"[red]{path} does not exist yet: run `make demo` or materialize the dbt assets.[/]"
-        )
+    for warning in get_settings().retired_warnings():
+        console.print(f"[yellow]{warning}[/]", highlight=False)
+    try:
+        con = connect(read_only=True, latest=args.latest)
+    except FactsError as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
         return 1
-    con = duckdb.connect(str(path), read_only=True)
     try:
         relation = con.sql(args.query)
         if relation is None:
@@ -440,9 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     reexport.add_argument("--wait", type=float, default=900.0, help="seconds to wait for exports")
     reexport.set_defaults(func=cmd_autopi_reexport)
 
-    sql = sub.add_parser("sql", help="query the DuckDB marts")
+    sql = sub.add_parser("sql", help="query the facts (as of the last complete build)")
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=200)
+    sql.add_argument(
+        "--latest", action="store_true", help="the newest commit, even of a build in progress"
+    )
     sql.set_defaults(func=cmd_sql)
 
     args = parser.parse_args(argv)

@@ -28,6 +28,8 @@ from dagster import (
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from pipelines.checks import LAKE_DAYS_CHECK, describe_days, missing_lake_days
+from pipelines.facts import FactsCatalog
+from pipelines.facts import dbt_env as facts_dbt_env
 from pipelines.lake import Lake
 from pipelines.sources.kt1.assets import ASSET_KEYS as KT1_KEYS
 
@@ -78,8 +80,8 @@ land): 26 h without a build means a daily load was missed, 30 h that it is not c
 
 BUILD_MARKER = AssetKey(["fleet_daily"])
 """Part of every automated dbt build (this automation's, kt1_dbt_after_drain's; a build of
-Metrotec stops alone aside): while it is in progress a build holds the DuckDB file, and DuckDB
-takes one writer at a time."""
+Metrotec stops alone aside): a build in progress holds the catalog's one writer slot, so the
+automation starts no second one beside it."""
 
 AUTOMATION_SENSOR = "fleet_facts_automation"
 
@@ -138,15 +140,14 @@ class FleetDbtTranslator(DagsterDbtTranslator):
         return facts_automation_condition()
 
 
-def dbt_env(lake_dir: Path, duckdb_path: Path) -> dict[str, str]:
+def dbt_env(lake_dir: Path, catalog: FactsCatalog) -> dict[str, str]:
     """dbt runs in its project dir: hand it absolute paths so relative settings still work,
     DuckDB a memory limit (FLEET_DUCKDB_MEMORY_LIMIT, else half the machine's RAM), and dbt's
     own log file warnings and errors only (DBT_LOG_LEVEL_FILE, else `warn`): its default debug
     file log cost ~2 s of every build, and Dagster keeps the info-level events anyway."""
-    duckdb_path.parent.mkdir(parents=True, exist_ok=True)
     return {
         "FLEET_LAKE_DIR": str(lake_dir),
-        "FLEET_DUCKDB_PATH": str(duckdb_path),
+        **facts_dbt_env(catalog),
         "FLEET_DUCKDB_MEMORY_LIMIT": os.environ.get("FLEET_DUCKDB_MEMORY_LIMIT")
         or default_memory_limit(),
         "DBT_LOG_LEVEL_FILE": os.environ.get("DBT_LOG_LEVEL_FILE") or "warn",
@@ -189,7 +190,15 @@ def dbt_build_args(config: FactsBuildConfig) -> list[str]:
     return args
 
 
-def build_dbt_assets(lake_dir: Path, duckdb_path: Path) -> Any:
+FACTS_POOL = "fleet_facts"
+"""One facts build at a time per Dagster instance, on any machine; a file catalog's OS lock
+(`FactsCatalog.build_lock`) also keeps out builds started outside Dagster."""
+
+BUILD_LOCK_WAIT_S = 3600.0
+"""How long a build waits for another build (or maintenance) on the same catalog file."""
+
+
+def build_dbt_assets(lake_dir: Path, catalog: FactsCatalog) -> Any:
     ensure_manifest()
 
     @dbt_assets(
@@ -197,14 +206,18 @@ def build_dbt_assets(lake_dir: Path, duckdb_path: Path) -> Any:
         project=dbt_project,
         dagster_dbt_translator=FleetDbtTranslator(),
         name="fleet_dbt_models",
+        pool=FACTS_POOL,
     )
     def fleet_dbt_models(
         context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig
     ) -> Iterator[Any]:
-        os.environ.update(dbt_env(lake_dir, duckdb_path))
+        os.environ.update(dbt_env(lake_dir, catalog))
         missing = warn_missing_lake_days(context, Lake(lake_dir))
-        events = dbt.cli(dbt_build_args(config), context=context).stream()
-        yield from with_missing_lake_days(context, events, missing)
+        with catalog.build_lock(BUILD_LOCK_WAIT_S) as waited:
+            if waited >= 1:
+                context.log.info(f"waited {waited:.0f}s for another build of the facts")
+            events = dbt.cli(dbt_build_args(config), context=context).stream()
+            yield from with_missing_lake_days(context, events, missing)
 
     return fleet_dbt_models
 

@@ -6,6 +6,7 @@ from dagster import DailyPartitionsDefinition, Definitions
 
 from pipelines.checks import build_raw_checks
 from pipelines.dbt import build_dbt_assets, build_facts_automation_sensor, dbt_resource
+from pipelines.facts import FactsCatalog
 from pipelines.resources import LakeResource
 from pipelines.runs import check_instance, fleet_executor
 from pipelines.settings import FleetSettings, get_settings, load_env_file
@@ -44,7 +45,9 @@ def daily_partitions(settings: FleetSettings) -> DailyPartitionsDefinition:
 def build_defs(settings: FleetSettings | None = None) -> Definitions:
     settings = settings or get_settings()
     partitions = daily_partitions(settings)
-    dbt_models = build_dbt_assets(settings.lake_dir, settings.duckdb_path)
+    for warning in settings.retired_warnings():
+        log.warning(warning)
+    dbt_models = build_dbt_assets(settings.lake_dir, FactsCatalog.from_settings(settings))
     return Definitions.merge(
         build_avl_defs(partitions),
         build_autopi_defs(),

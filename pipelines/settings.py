@@ -136,7 +136,11 @@ class FleetSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     fleet_lake_dir: Path = Path("./data/lake")
-    fleet_duckdb_path: Path = Path("./data/fleet.duckdb")
+    # The facts' DuckLake catalog (DuckLake's own form, without `ducklake:`) and data path.
+    fleet_facts_catalog: str = "sqlite:./data/fleet_catalog.sqlite"
+    fleet_facts_data_path: str = "./data/facts/"
+    # Retired: the facts moved from this DuckDB file into the catalog above.
+    fleet_duckdb_path: str | None = None
     fleet_start_date: str = DEFAULT_START_DATE.isoformat()
     # Where the machine-wide rate-limit ledger lives (one SQLite file shared by every process).
     fleet_ratelimit_db: Path = Field(
@@ -225,9 +229,14 @@ class FleetSettings(BaseSettings):
     def lake_dir(self) -> Path:
         return self.fleet_lake_dir.expanduser().resolve()
 
-    @property
-    def duckdb_path(self) -> Path:
-        return self.fleet_duckdb_path.expanduser().resolve()
+    def retired_warnings(self) -> list[str]:
+        """One line per retired variable that is still set."""
+        if self.fleet_duckdb_path:
+            return [
+                "FLEET_DUCKDB_PATH is retired and ignored: the facts live in the DuckLake "
+                "catalog FLEET_FACTS_CATALOG (data in FLEET_FACTS_DATA_PATH); unset it"
+            ]
+        return []
 
 
 def get_settings() -> FleetSettings:

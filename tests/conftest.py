@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from pipelines.simulator.world import World
@@ -24,8 +25,33 @@ _SOURCE_VARS = [
 @dataclass
 class FleetEnv:
     lake_dir: Path
-    duckdb_path: Path
+    catalog_path: Path  # the facts' SQLite DuckLake catalog
     ratelimit_db: Path
+
+    @property
+    def facts_data(self) -> Path:
+        return self.catalog_path.parent / "facts"
+
+    def facts(self, latest: bool = False) -> duckdb.DuckDBPyConnection:
+        """A read-only connection to the facts, as `fleet sql` opens them."""
+        return facts_connect(self.catalog_path, latest=latest)
+
+
+def facts_env(catalog_path: Path) -> dict[str, str]:
+    """The variables that put the facts' catalog and data files beside `catalog_path`."""
+    return {
+        "FLEET_FACTS_CATALOG": f"sqlite:{catalog_path}",
+        "FLEET_FACTS_DATA_PATH": str(catalog_path.parent / "facts"),
+    }
+
+
+def facts_connect(catalog_path: Path, latest: bool = False) -> duckdb.DuckDBPyConnection:
+    from pipelines.facts import FactsCatalog, connect
+
+    catalog = FactsCatalog.of(
+        **{"catalog": f"sqlite:{catalog_path}", "data_path": str(catalog_path.parent / "facts")}
+    )
+    return connect(read_only=True, catalog=catalog, latest=latest)
 
 
 @pytest.fixture
@@ -34,9 +60,12 @@ def fleet_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FleetEnv:
     for key in _SOURCE_VARS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)  # so a developer's .env is not read
-    env = FleetEnv(tmp_path / "lake", tmp_path / "fleet.duckdb", tmp_path / "ratelimits.sqlite3")
+    env = FleetEnv(
+        tmp_path / "lake", tmp_path / "fleet_catalog.sqlite", tmp_path / "ratelimits.sqlite3"
+    )
     monkeypatch.setenv("FLEET_LAKE_DIR", str(env.lake_dir))
-    monkeypatch.setenv("FLEET_DUCKDB_PATH", str(env.duckdb_path))
+    for key, value in facts_env(env.catalog_path).items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("FLEET_RATELIMIT_DB", str(env.ratelimit_db))
     monkeypatch.setenv("FLEET_START_DATE", "2025-12-01")
     return env

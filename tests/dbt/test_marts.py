@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-import duckdb
 import pytest
 from dagster import AssetKey, materialize
 
 from pipelines.definitions import build_defs
 from pipelines.simulator.avl import AvlServer
+from tests.conftest import facts_connect, facts_env
 
 FIRST, LAST = date(2026, 3, 1), date(2026, 3, 14)
 
@@ -34,7 +34,7 @@ def built_env(tmp_path_factory, avl_sim: AvlServer):
         for key, value in {
             **env(avl_sim),
             "FLEET_LAKE_DIR": str(tmp / "lake"),
-            "FLEET_DUCKDB_PATH": str(tmp / "fleet.duckdb"),
+            **facts_env(tmp / "fleet_catalog.sqlite"),
             "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
             "FLEET_START_DATE": "2025-12-01",
         }.items():
@@ -62,7 +62,7 @@ def _build() -> None:
 
 @pytest.fixture
 def built(built_env):
-    con = duckdb.connect(str(built_env / "fleet.duckdb"), read_only=True)
+    con = facts_connect(built_env / "fleet_catalog.sqlite")
     yield con
     con.close()
 
@@ -122,11 +122,12 @@ def test_fleet_daily_counts_each_trip_once(built) -> None:
 
 def test_trip_ids_are_stable_across_rebuilds(built_env, monkeypatch) -> None:
     def trip_ids() -> set[str]:
-        with duckdb.connect(str(built_env / "fleet.duckdb"), read_only=True) as con:
+        with facts_connect(built_env / "fleet_catalog.sqlite") as con:
             return {r[0] for r in con.execute("select trip_id from fct_trips").fetchall()}
 
     before = trip_ids()
-    monkeypatch.setenv("FLEET_DUCKDB_PATH", str(built_env / "fleet.duckdb"))
+    for key, value in facts_env(built_env / "fleet_catalog.sqlite").items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("FLEET_LAKE_DIR", str(built_env / "lake"))
     defs = build_defs()
     assert materialize(list(defs.assets), resources=defs.resources, selection="kind:dbt").success
@@ -138,7 +139,8 @@ def test_every_dbt_unit_test_passes(built_env, monkeypatch) -> None:
     on a built warehouse, as CI runs them."""
     from pipelines.dbt import dbt_resource
 
-    monkeypatch.setenv("FLEET_DUCKDB_PATH", str(built_env / "fleet.duckdb"))
+    for key, value in facts_env(built_env / "fleet_catalog.sqlite").items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("FLEET_LAKE_DIR", str(built_env / "lake"))
     invocation = dbt_resource().cli(["test", "--select", "test_type:unit"], raise_on_error=False)
     invocation.wait()

@@ -15,20 +15,31 @@ import requests
 FLEET = [sys.executable, "-m", "pipelines.cli"]
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        FLEET + args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300
+        FLEET + args,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_demo_lands_the_fleet_builds_facts_and_prints_a_summary(tmp_path: Path, fleet_env) -> None:
-    done = _run(["demo", "--days", "3", "--vehicles", "4", "--data-dir", str(tmp_path / "data")], tmp_path)
+    done = _run(
+        ["demo", "--days", "3", "--vehicles", "4", "--data-dir", str(tmp_path / "data")], tmp_path
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Fleet summary" in done.stdout and "V004" in done.stdout
     assert "10 per 3 s" in done.stdout  # the scaled rate limit is said on screen
     assert "make dev-sim" in done.stdout
     con = duckdb.connect(str(tmp_path / "data" / "fleet.duckdb"), read_only=True)
-    trips, vehicles = con.execute("select count(*), count(distinct vehicle_id) from fct_trips").fetchone()
+    trips, vehicles = con.execute(
+        "select count(*), count(distinct vehicle_id) from fct_trips"
+    ).fetchone()
     con.close()
     assert trips > 0 and vehicles == 4
 
@@ -39,8 +50,16 @@ def test_demo_lands_the_fleet_builds_facts_and_prints_a_summary(tmp_path: Path, 
     )
     assert answer.returncode == 0 and "V001" in answer.stdout and "trips" in answer.stdout
 
-    wrong = _run(["sql", "select nope from fct_trips"], tmp_path, {"FLEET_DUCKDB_PATH": str(tmp_path / "data" / "fleet.duckdb")})
-    assert wrong.returncode == 1 and len(wrong.stdout.strip().splitlines()) <= 2 and "nope" in wrong.stdout
+    wrong = _run(
+        ["sql", "select nope from fct_trips"],
+        tmp_path,
+        {"FLEET_DUCKDB_PATH": str(tmp_path / "data" / "fleet.duckdb")},
+    )
+    assert (
+        wrong.returncode == 1
+        and len(wrong.stdout.strip().splitlines()) <= 2
+        and "nope" in wrong.stdout
+    )
 
 
 def test_sql_without_a_database_says_how_to_make_one(tmp_path: Path, fleet_env) -> None:
@@ -48,10 +67,22 @@ def test_sql_without_a_database_says_how_to_make_one(tmp_path: Path, fleet_env) 
     assert answer.returncode == 1 and "make demo" in answer.stdout
 
 
-def test_simulate_serves_the_four_apis_and_prints_their_variables(tmp_path: Path, fleet_env) -> None:
+def test_simulate_serves_the_four_apis_and_prints_their_variables(
+    tmp_path: Path, fleet_env
+) -> None:
     env_file = tmp_path / "sim.env"
     proc = subprocess.Popen(
-        [*FLEET, "simulate", "--any-port", "--days", "2", "--vehicles", "3", "--env-file", str(env_file)],
+        [
+            *FLEET,
+            "simulate",
+            "--any-port",
+            "--days",
+            "2",
+            "--vehicles",
+            "3",
+            "--env-file",
+            str(env_file),
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -62,12 +93,22 @@ def test_simulate_serves_the_four_apis_and_prints_their_variables(tmp_path: Path
         while not env_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
-        for key in ("AVL_BASE_URL", "AUTOPI_BASE_URL", "KT1_BASE_URL", "METROTEC_BASE_URL", "AVL_TOKEN"):
+        for key in (
+            "AVL_BASE_URL",
+            "AUTOPI_BASE_URL",
+            "KT1_BASE_URL",
+            "METROTEC_BASE_URL",
+            "AVL_TOKEN",
+        ):
             assert key in env
         resp = requests.get(
             env["AVL_BASE_URL"] + "/apidev/v1/reports/avl/trips",
             params={"startdate": "2026-01-01T00:00:00", "enddate": "2026-01-02T00:00:00"},
-            headers={"Authorization": f"Bearer {env['AVL_TOKEN']}", "X-API-Key": env["AVL_API_KEY"], "tenant": env["AVL_TENANT"]},
+            headers={
+                "Authorization": f"Bearer {env['AVL_TOKEN']}",
+                "X-API-Key": env["AVL_API_KEY"],
+                "tenant": env["AVL_TENANT"],
+            },
             timeout=10,
         )
         assert resp.status_code == 200 and resp.json()["success"] is True

@@ -165,8 +165,6 @@ def test_trip_counts_per_vehicle_day_are_exact(source: str, facts: Facts, world:
     assert {k: len(v) for k, v in got.items()} == truth
 
 
-
-
 def _measure_cases() -> list:
     cases = []
     for source in SOURCES:
@@ -212,8 +210,6 @@ def _idle_allowance(day: DayTruth, resolution_s: float) -> float:
         elif d >= IDLE_PERIOD_MIN_S - resolution_s:
             allowance += d + resolution_s
     return allowance
-
-
 
 
 @pytest.mark.parametrize(

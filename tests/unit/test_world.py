@@ -78,4 +78,6 @@ def test_shipped_seeds_map_the_simulated_fleet() -> None:
         tanks = {r["source_vehicle_id"]: float(r["tank_l"]) for r in csv.DictReader(fh)}
     assert tanks == {v.autopi_device_id: v.tank_l for v in world.vehicles if "autopi" in v.sources}
     small = World(seed=SIM_SEED, vehicles=12).identity_rows()
-    assert all(row in world.identity_rows() for row in small)  # a vehicle's ids do not depend on fleet size
+    assert all(
+        row in world.identity_rows() for row in small
+    )  # a vehicle's ids do not depend on fleet size

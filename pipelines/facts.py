@@ -1,0 +1,294 @@
+"""The facts' DuckLake catalog: where it is, the extensions it needs, and the one way to open it.
+
+The marts live in a DuckLake catalog (a SQLite file on one machine, a Postgres database beyond
+it) whose rows sit in Parquet files under a data path (a folder or an object-store URL). DuckLake
+gives every reader a snapshot, so analysts' connections never block a build and a build never
+blocks them. A dbt build commits model by model, though; so that a reader never sees a build
+half done, every complete build ends with a marker commit (`BUILD_MESSAGE`, written by the dbt
+project's on-run-end hook) and `connect(read_only=True)` opens the catalog as of the newest
+marker. A build that failed or was killed leaves no marker: readers keep the previous build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from pipelines.locks import exclusive
+
+if TYPE_CHECKING:
+    from pipelines.settings import FleetSettings
+
+ALIAS = "facts"
+"""The name the catalog is attached under, in dbt's profile and in `connect()`."""
+
+BUILD_MESSAGE = "fleet facts build"
+"""Commit message of the snapshot that ends a complete build (macros/facts_build.sql)."""
+
+BUILD_LOCK = ".fleet_facts_build.lock"
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+_REMOTE = re.compile(r"^(s3|s3a|gcs|gs|r2|https?|az|abfss)://", re.IGNORECASE)
+
+
+class FactsError(RuntimeError):
+    """The facts cannot be opened; the message is one line: which catalog, why, what to do."""
+
+
+@dataclass(frozen=True)
+class FactsCatalog:
+    """FLEET_FACTS_CATALOG and FLEET_FACTS_DATA_PATH, made absolute: dbt runs in its project
+    folder and a Dagster run in another working directory, and all must name the same files."""
+
+    catalog: str
+    data_path: str
+
+    @classmethod
+    def from_settings(cls, settings: FleetSettings | None = None) -> FactsCatalog:
+        if settings is None:
+            from pipelines.settings import get_settings
+
+            settings = get_settings()
+        return cls.of(settings.fleet_facts_catalog, settings.fleet_facts_data_path)
+
+    @classmethod
+    def of(cls, catalog: str, data_path: str) -> FactsCatalog:
+        catalog = catalog.strip()
+        if catalog.startswith("ducklake:"):
+            catalog = catalog[len("ducklake:") :]
+        kind, sep, rest = catalog.partition(":")
+        if not sep or kind not in {"sqlite", "postgres", "duckdb"}:
+            # A bare path is a SQLite catalog file, DuckLake's most common embedded form.
+            kind, rest = "sqlite", catalog
+        if kind in {"sqlite", "duckdb"}:
+            rest = str(Path(rest).expanduser().resolve())
+        data_path = data_path.strip()
+        if not _REMOTE.match(data_path):
+            data_path = str(Path(data_path).expanduser().resolve())
+        return cls(f"{kind}:{rest}", data_path.rstrip("/") + "/")
+
+    @property
+    def kind(self) -> str:
+        """`sqlite`, `postgres` or `duckdb`: the database that holds the catalog."""
+        return self.catalog.partition(":")[0]
+
+    @property
+    def path(self) -> Path | None:
+        """The catalog file, for a file catalog."""
+        return Path(self.catalog.partition(":")[2]) if self.kind != "postgres" else None
+
+    @property
+    def remote_data(self) -> bool:
+        return bool(_REMOTE.match(self.data_path))
+
+    def describe(self) -> str:
+        """The catalog as a user would name it, without a Postgres password."""
+        return re.sub(r"(password=)\S+", r"\1***", self.catalog)
+
+    def extensions(self) -> list[str]:
+        """What DuckDB needs loaded to attach this catalog and read its data."""
+        needed = ["ducklake", {"sqlite": "sqlite", "postgres": "postgres"}.get(self.kind, "")]
+        if self.remote_data:
+            needed.append("httpfs")
+        return [name for name in needed if name]
+
+    def attach_sql(self, read_only: bool = False, snapshot: int | None = None) -> str:
+        options = [f"DATA_PATH '{_quote(self.data_path)}'"]
+        if self.kind == "sqlite":
+            # WAL lets readers read while the one writer commits; a writer waits its turn.
+            options += ["META_JOURNAL_MODE 'WAL'", f"META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}"]
+        if read_only:
+            options.append("READ_ONLY")
+        if snapshot is not None:
+            options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
+        return (
+            f"ATTACH IF NOT EXISTS 'ducklake:{_quote(self.catalog)}' AS {ALIAS} "
+            f"({', '.join(options)})"
+        )
+
+    def one_line_attach(self) -> str:
+        """The statement a user pastes into the duckdb CLI or any DuckDB-based tool."""
+        return self.attach_sql(read_only=True) + f"; USE {ALIAS};"
+
+    @contextlib.contextmanager
+    def build_lock(self, wait_s: float) -> Iterator[float]:
+        """One writer at a time on a file catalog: SQLite takes one writer, and two builds
+        interleaving their models would each mark the other's half as complete. The kernel
+        drops the lock of a killed build. A Postgres catalog takes concurrent writers; builds
+        there are kept apart by the `fleet_facts` pool of the shared Dagster instance."""
+        if self.path is None:
+            yield 0.0
+            return
+        what = f"facts build on {self.path.name}"
+        with exclusive(self.path.parent, BUILD_LOCK, what, wait_s) as waited:
+            yield waited
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def load_extensions(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
+    """Load each extension: already installed, else from DuckDB's repository, else from the
+    registry's packaged build (`duckdb-extension-<name>`) of exactly this DuckDB version.
+    Raises FactsError with one line when none of the three works."""
+    for name in names:
+        try:
+            con.execute(f"LOAD {name}")
+            continue
+        except duckdb.Error:
+            pass
+        errors = []
+        try:
+            con.execute(f"INSTALL {name}")
+            con.execute(f"LOAD {name}")
+            continue
+        except duckdb.Error as exc:
+            errors.append(f"DuckDB's repository: {_first_line(exc)}")
+        packaged = _packaged_extension(name)
+        if packaged is None:
+            errors.append(f"no package duckdb-extension-{name}=={duckdb.__version__} is installed")
+        else:
+            try:
+                con.execute(f"INSTALL '{_quote(str(packaged))}'")
+                con.execute(f"LOAD {name}")
+                continue
+            except duckdb.Error as exc:
+                errors.append(f"{packaged}: {_first_line(exc)}")
+        raise FactsError(
+            f"DuckDB extension {name!r} could not be loaded ({'; '.join(errors)}); install "
+            f"`duckdb-extension-{name}=={duckdb.__version__}` or allow downloads from "
+            "extensions.duckdb.org"
+        )
+
+
+def _packaged_extension(name: str) -> Path | None:
+    spec = importlib.util.find_spec(f"duckdb_extension_{name}")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    # The sqlite extension's file is sqlite_scanner; the package is named after the extension.
+    folder = Path(next(iter(spec.submodule_search_locations))) / "extensions"
+    folder = folder / f"v{duckdb.__version__}"
+    found = sorted(folder.glob("*.duckdb_extension"))
+    return found[0] if found else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def attach(
+    con: duckdb.DuckDBPyConnection,
+    catalog: FactsCatalog,
+    *,
+    read_only: bool,
+    snapshot: int | None = None,
+) -> None:
+    """Attach the catalog as `facts` and make its `main` schema the default."""
+    load_extensions(con, catalog.extensions())
+    if catalog.remote_data:
+        con.execute(s3_secret_sql())
+    if read_only and catalog.path is not None and not catalog.path.exists():
+        raise FactsError(
+            f"facts catalog {catalog.describe()} does not exist yet: build the facts first "
+            "(`fleet facts build`, or `make demo`)"
+        )
+    try:
+        con.execute(catalog.attach_sql(read_only=read_only, snapshot=snapshot))
+    except duckdb.Error as exc:
+        raise FactsError(
+            f"facts catalog {catalog.describe()} could not be opened: {_first_line(exc)}"
+        ) from None
+    con.execute(f"USE {ALIAS}.main")
+
+
+def s3_secret_sql() -> str:
+    """A DuckDB secret from the standard AWS_* variables (AWS_ENDPOINT_URL for an
+    S3-compatible server), so object-store data needs no settings of its own."""
+    from urllib.parse import urlparse
+
+    options = ["TYPE s3"]
+    for option, variable in (
+        ("KEY_ID", "AWS_ACCESS_KEY_ID"),
+        ("SECRET", "AWS_SECRET_ACCESS_KEY"),
+        ("SESSION_TOKEN", "AWS_SESSION_TOKEN"),
+        ("REGION", "AWS_REGION"),
+    ):
+        if os.environ.get(variable):
+            options.append(f"{option} '{_quote(os.environ[variable])}'")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options += [
+            f"ENDPOINT '{_quote(parsed.netloc)}'",
+            "URL_STYLE 'path'",
+            f"USE_SSL {'true' if parsed.scheme == 'https' else 'false'}",
+        ]
+    return f"CREATE OR REPLACE SECRET fleet_facts_s3 ({', '.join(options)})"
+
+
+def last_build(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The snapshot id of the newest complete build in the attached catalog."""
+    row = con.execute(
+        f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots() WHERE commit_message = ?",
+        [BUILD_MESSAGE],
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def connect(
+    read_only: bool = True,
+    *,
+    catalog: FactsCatalog | None = None,
+    latest: bool = False,
+    threads: int | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose default database and schema hold the marts.
+
+    Read-only connections see the facts as of the newest complete build (pass `latest=True`
+    for the newest commit, e.g. to watch a build). Raises FactsError, one line, when the
+    catalog cannot be opened.
+    """
+    catalog = catalog or FactsCatalog.from_settings()
+    config = {"threads": threads} if threads else {}
+    con = duckdb.connect(config=config)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        attach(con, catalog, read_only=read_only)
+        if read_only and not latest:
+            build = last_build(con)
+            current = con.execute(f"FROM {ALIAS}.current_snapshot()").fetchone()
+            if build is not None and current is not None and build != current[0]:
+                con.execute("USE memory")
+                con.execute(f"DETACH {ALIAS}")
+                attach(con, catalog, read_only=True, snapshot=build)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def dbt_env(catalog: FactsCatalog) -> dict[str, str]:
+    """What the dbt profile reads to attach the catalog (absolute, so dbt's working folder does
+    not matter). A SQLite catalog takes one writer: one dbt thread."""
+    if catalog.path is not None:
+        catalog.path.parent.mkdir(parents=True, exist_ok=True)
+    if not catalog.remote_data:
+        Path(catalog.data_path).mkdir(parents=True, exist_ok=True)
+    threads = os.environ.get("FLEET_FACTS_DBT_THREADS") or (
+        "1" if catalog.kind != "postgres" else "2"
+    )
+    return {
+        "FLEET_FACTS_CATALOG": catalog.catalog,
+        "FLEET_FACTS_DATA_PATH": catalog.data_path,
+        "FLEET_FACTS_DBT_THREADS": threads,
+    }
