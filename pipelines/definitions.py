@@ -8,6 +8,7 @@ from pipelines.checks import build_raw_checks
 from pipelines.dbt import build_dbt_assets, dbt_resource
 from pipelines.facts import FactsCatalog
 from pipelines.facts_build import build_facts_sensor
+from pipelines.facts_maintenance import facts_maintenance, facts_maintenance_schedule
 from pipelines.resources import LakeResource
 from pipelines.runs import check_instance, fleet_executor
 from pipelines.settings import FleetSettings, get_settings, load_env_file
@@ -60,6 +61,8 @@ def build_defs(settings: FleetSettings | None = None) -> Definitions:
             assets=dbt_models,
             asset_checks=build_raw_checks(),
             sensors=[build_facts_sensor(dbt_models, partitions)],
+            jobs=[facts_maintenance],
+            schedules=[facts_maintenance_schedule],
             resources=build_resources(settings),
             executor=fleet_executor,
         ),

@@ -139,6 +139,8 @@ class FleetSettings(BaseSettings):
     # The facts' DuckLake catalog (DuckLake's own form, without `ducklake:`) and data path.
     fleet_facts_catalog: str = "sqlite:./data/fleet_catalog.sqlite"
     fleet_facts_data_path: str = "./data/facts/"
+    # Snapshots of the facts kept readable by time travel; maintenance expires older ones.
+    fleet_facts_retention_days: str = "7"
     # Retired: the facts moved from this DuckDB file into the catalog above.
     fleet_duckdb_path: str | None = None
     fleet_start_date: str = DEFAULT_START_DATE.isoformat()
@@ -228,6 +230,16 @@ class FleetSettings(BaseSettings):
     @property
     def lake_dir(self) -> Path:
         return self.fleet_lake_dir.expanduser().resolve()
+
+    @property
+    def facts_retention(self) -> Parsed[int]:
+        return Parsed.of(
+            "FLEET_FACTS_RETENTION_DAYS",
+            self.fleet_facts_retention_days,
+            whole_number,
+            "a whole number of days >= 0",
+            7,
+        )
 
     def retired_warnings(self) -> list[str]:
         """One line per retired variable that is still set."""
