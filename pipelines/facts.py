@@ -254,8 +254,9 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection whose default database and schema hold the marts.
 
-    Read-only connections see the facts as of the newest complete build (pass `latest=True`
-    for the newest commit, e.g. to watch a build). Raises FactsError, one line, when the
+    Read-only connections see the facts as of the newest complete build when they connect, and
+    keep seeing that build (open a new connection for a later one; pass `latest=True` for the
+    newest commit, e.g. to watch a build). Raises FactsError, one line, when the
     catalog cannot be opened.
     """
     catalog = catalog or FactsCatalog.from_settings()
@@ -266,8 +267,10 @@ def connect(
         attach(con, catalog, read_only=read_only)
         if read_only and not latest:
             build = last_build(con)
-            current = con.execute(f"FROM {ALIAS}.current_snapshot()").fetchone()
-            if build is not None and current is not None and build != current[0]:
+            # Pinned even when the marker is the newest commit: an attach without a snapshot
+            # reads the newest commit at every query, so a connection held open through the
+            # next build would see its models land one by one.
+            if build is not None:
                 con.execute("USE memory")
                 con.execute(f"DETACH {ALIAS}")
                 attach(con, catalog, read_only=True, snapshot=build)
