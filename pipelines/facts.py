@@ -91,7 +91,7 @@ class FactsCatalog:
 
     def describe(self) -> str:
         """The catalog as a user would name it, without a Postgres password."""
-        return re.sub(r"(password=)\S+", r"\1***", self.catalog)
+        return redact(self.catalog)
 
     def extensions(self) -> list[str]:
         """What DuckDB needs loaded to attach this catalog and read its data."""
@@ -130,6 +130,11 @@ class FactsCatalog:
         what = f"facts build on {self.path.name}"
         with exclusive(self.path.parent, BUILD_LOCK, what, wait_s) as waited:
             yield waited
+
+
+def redact(text: str) -> str:
+    """`text` with any libpq `password=...` hidden: DuckDB's errors quote the whole catalog."""
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+?)(?=[\s\"]|$)", r"\1***", text)
 
 
 def _quote(text: str) -> str:
@@ -206,7 +211,7 @@ def attach(
         con.execute(catalog.attach_sql(read_only=read_only, snapshot=snapshot))
     except duckdb.Error as exc:
         raise FactsError(
-            f"facts catalog {catalog.describe()} could not be opened: {_first_line(exc)}"
+            f"facts catalog {catalog.describe()} could not be opened: " + redact(_first_line(exc))
         ) from None
     con.execute(f"USE {ALIAS}.main")
 
