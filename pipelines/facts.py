@@ -275,10 +275,15 @@ def connect(
             # Pinned even when the marker is the newest commit: an attach without a snapshot
             # reads the newest commit at every query, so a connection held open through the
             # next build would see its models land one by one.
-            if build is not None:
-                con.execute("USE memory")
-                con.execute(f"DETACH {ALIAS}")
-                attach(con, catalog, read_only=True, snapshot=build)
+            if build is None:
+                # Whatever is there is a first build in progress, or one that failed.
+                raise FactsError(
+                    f"facts catalog {catalog.describe()} holds no complete build yet: build "
+                    "the facts (`fleet facts build`), or read the newest commit with --latest"
+                )
+            con.execute("USE memory")
+            con.execute(f"DETACH {ALIAS}")
+            attach(con, catalog, read_only=True, snapshot=build)
     except BaseException:
         con.close()
         raise
