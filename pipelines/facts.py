@@ -91,7 +91,7 @@ class FactsCatalog:
 
     def describe(self) -> str:
         """The catalog as a user would name it, without a Postgres password."""
-        return re.sub(r"(password=)\S+", r"\1***", self.catalog)
+        return redact(self.catalog)
 
     def extensions(self) -> list[str]:
         """What DuckDB needs loaded to attach this catalog and read its data."""
@@ -130,6 +130,11 @@ class FactsCatalog:
         what = f"facts build on {self.path.name}"
         with exclusive(self.path.parent, BUILD_LOCK, what, wait_s) as waited:
             yield waited
+
+
+def redact(text: str) -> str:
+    """`text` with any libpq `password=...` hidden: DuckDB's errors quote the whole catalog."""
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+?)(?=[\s\"]|$)", r"\1***", text)
 
 
 def _quote(text: str) -> str:
@@ -206,7 +211,7 @@ def attach(
         con.execute(catalog.attach_sql(read_only=read_only, snapshot=snapshot))
     except duckdb.Error as exc:
         raise FactsError(
-            f"facts catalog {catalog.describe()} could not be opened: {_first_line(exc)}"
+            f"facts catalog {catalog.describe()} could not be opened: " + redact(_first_line(exc))
         ) from None
     con.execute(f"USE {ALIAS}.main")
 
@@ -254,8 +259,9 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection whose default database and schema hold the marts.
 
-    Read-only connections see the facts as of the newest complete build (pass `latest=True`
-    for the newest commit, e.g. to watch a build). Raises FactsError, one line, when the
+    Read-only connections see the facts as of the newest complete build when they connect, and
+    keep seeing that build (open a new connection for a later one; pass `latest=True` for the
+    newest commit, e.g. to watch a build). Raises FactsError, one line, when the
     catalog cannot be opened.
     """
     catalog = catalog or FactsCatalog.from_settings()
@@ -266,11 +272,18 @@ def connect(
         attach(con, catalog, read_only=read_only)
         if read_only and not latest:
             build = last_build(con)
-            current = con.execute(f"FROM {ALIAS}.current_snapshot()").fetchone()
-            if build is not None and current is not None and build != current[0]:
-                con.execute("USE memory")
-                con.execute(f"DETACH {ALIAS}")
-                attach(con, catalog, read_only=True, snapshot=build)
+            # Pinned even when the marker is the newest commit: an attach without a snapshot
+            # reads the newest commit at every query, so a connection held open through the
+            # next build would see its models land one by one.
+            if build is None:
+                # Whatever is there is a first build in progress, or one that failed.
+                raise FactsError(
+                    f"facts catalog {catalog.describe()} holds no complete build yet: build "
+                    "the facts (`fleet facts build`), or read the newest commit with --latest"
+                )
+            con.execute("USE memory")
+            con.execute(f"DETACH {ALIAS}")
+            attach(con, catalog, read_only=True, snapshot=build)
     except BaseException:
         con.close()
         raise

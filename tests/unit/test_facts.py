@@ -38,6 +38,22 @@ def test_a_catalog_not_built_yet_is_one_line_saying_how_to_build_it(tmp_path: Pa
     assert not (tmp_path / "none.sqlite").exists()  # a reader never creates a catalog
 
 
+def test_a_catalog_without_a_complete_build_is_one_line_and_latest_still_reads_it(
+    tmp_path: Path,
+) -> None:
+    """A first build in progress (or one that failed) is never shown as the facts."""
+    catalog = FactsCatalog.of(f"sqlite:{tmp_path / 'cat.sqlite'}", str(tmp_path / "facts"))
+    con = connect(read_only=False, catalog=catalog)
+    con.execute("CREATE TABLE fct_trips AS SELECT 1 AS trip_id")  # half a first build
+    con.close()
+    with pytest.raises(FactsError) as error:
+        connect(catalog=catalog)
+    assert len(str(error.value).splitlines()) == 1
+    assert "holds no complete build yet" in str(error.value)
+    with connect(catalog=catalog, latest=True) as con:
+        assert con.execute("SELECT count(*) FROM fct_trips").fetchone() == (1,)
+
+
 def test_an_unreachable_postgres_catalog_is_one_line_without_the_password(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
