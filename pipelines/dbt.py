@@ -221,6 +221,9 @@ def build_dbt_assets(
         dagster_dbt_translator=FleetDbtTranslator(),
         name=WHOLE_ASSETS,
         exclude=selection,
+        # Unpartitioned, but so marked a CLI partition range over daily and whole models
+        # (`dagster asset materialize --select ... --partition-range A...B`) is one run.
+        backfill_policy=BackfillPolicy.single_run(),
         pool=FACTS_POOL,
     )
     def fleet_dbt_models(

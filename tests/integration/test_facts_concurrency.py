@@ -176,7 +176,13 @@ def full_build_in_process() -> None:
 
     defs = build_defs()
     selection = AssetSelection.from_string("kind:dbt").without_checks()
-    assert materialize(list(defs.assets), resources=defs.resources, selection=selection).success
+    days = {
+        "dagster/asset_partition_range_start": FIRST_A.isoformat(),
+        "dagster/asset_partition_range_end": LAST_B.isoformat(),
+    }
+    assert materialize(
+        list(defs.assets), resources=defs.resources, selection=selection, tags=days
+    ).success
 
 
 @dataclass
@@ -217,7 +223,14 @@ class Lab:
         """`dagster asset materialize` in its own process group, as an operator starts one."""
         with log.open("wb") as out:
             build = subprocess.Popen(
-                [str(BIN / "dagster"), *MATERIALIZE, "--select", selection],
+                [
+                    str(BIN / "dagster"),
+                    *MATERIALIZE,
+                    "--select",
+                    selection,
+                    "--partition-range",  # the fact days: every day of A and B
+                    f"{FIRST_A}...{LAST_B}",
+                ],
                 cwd=self.work,
                 env=self.env(),
                 stdout=out,
