@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -34,6 +35,11 @@ BUILD_MESSAGE = "fleet facts build"
 """Commit message of the snapshot that ends a complete build (macros/facts_build.sql)."""
 
 BUILD_LOCK = ".fleet_facts_build.lock"
+MARK_ENV = "FLEET_FACTS_MARK"
+"""`run` while a Dagster run builds the facts: the run holds the build lock and writes the one
+marker after its last dbt step, so its steps neither lock nor mark (several dbt invocations
+make one build)."""
+RUN_MARKS = "run"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 _REMOTE = re.compile(r"^(s3|s3a|gcs|gs|r2|https?|az|abfss)://", re.IGNORECASE)
@@ -248,6 +254,29 @@ def last_build(con: duckdb.DuckDBPyConnection) -> int | None:
         [BUILD_MESSAGE],
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def mark_build(con: duckdb.DuckDBPyConnection, by: str, models: int = 0) -> None:
+    """Write a marker commit: readers open the catalog as of the newest one. Written once a
+    whole build succeeded: by the Dagster run of the build (pipelines/facts_build.py), by a
+    plain `dbt build` (dbt_models/macros/facts_build.sql), or by maintenance."""
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {ALIAS}.fleet_build")
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {ALIAS}.fleet_build.builds "
+        "(invocation_id VARCHAR, finished_at TIMESTAMPTZ, models INTEGER)"
+    )
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            f"CALL {ALIAS}.set_commit_message('fleet-pipelines', ?, extra_info => ?)",
+            [BUILD_MESSAGE, json.dumps({"by": by, "models": models})],
+        )
+        con.execute(f"INSERT INTO {ALIAS}.fleet_build.builds VALUES (?, now(), ?)", [by, models])
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
 
 
 def connect(
