@@ -71,11 +71,15 @@ def test_a_bad_setting_fails_only_its_source_with_one_line(
 
 
 def test_fleet_sql_works_whatever_a_source_setting_says(fleet_env, tmp_path: Path) -> None:
-    from pipelines.facts import FactsCatalog, connect
+    from pipelines.facts import ALIAS, BUILD_MESSAGE, FactsCatalog, connect
 
     catalog = FactsCatalog.of(f"sqlite:{fleet_env.catalog_path}", str(fleet_env.facts_data))
     with connect(read_only=False, catalog=catalog) as con:
+        # One commit that is its own complete build: readers open the newest build marker.
+        con.execute("begin transaction")
         con.execute("create table fleet_daily as select 1 as trips")
+        con.execute(f"call {ALIAS}.set_commit_message('tests', ?)", [BUILD_MESSAGE])
+        con.execute("commit")
     env = {
         "PATH": "/usr/bin:/bin",
         # DuckDB keeps its extensions (DuckLake's among them) under the home directory.
