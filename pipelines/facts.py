@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,9 @@ def load_extensions(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
     """Load each extension: already installed, else from DuckDB's repository, else from the
     registry's packaged build (`duckdb-extension-<name>`) of exactly this DuckDB version.
     Raises FactsError with one line when none of the three works."""
+    if not os.environ.get("HOME"):
+        # cron, systemd, `env -i`: DuckDB keeps installed extensions under a home folder.
+        con.execute(f"SET home_directory = '{_quote(tempfile.gettempdir())}'")
     for name in names:
         try:
             con.execute(f"LOAD {name}")
@@ -162,6 +166,12 @@ def load_extensions(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
         if packaged is None:
             errors.append(f"no package duckdb-extension-{name}=={duckdb.__version__} is installed")
         else:
+            try:
+                # LOAD by path needs no writable home folder (cron, systemd, `env -i`).
+                con.execute(f"LOAD '{_quote(str(packaged))}'")
+                continue
+            except duckdb.Error:
+                pass
             try:
                 con.execute(f"INSTALL '{_quote(str(packaged))}'")
                 con.execute(f"LOAD {name}")
@@ -205,7 +215,7 @@ def attach(
     if read_only and catalog.path is not None and not catalog.path.exists():
         raise FactsError(
             f"facts catalog {catalog.describe()} does not exist yet: build the facts first "
-            "(`fleet facts build`, or `make demo`)"
+            "(materialize the dbt assets, or `make demo`)"
         )
     try:
         con.execute(catalog.attach_sql(read_only=read_only, snapshot=snapshot))
@@ -278,8 +288,8 @@ def connect(
             if build is None:
                 # Whatever is there is a first build in progress, or one that failed.
                 raise FactsError(
-                    f"facts catalog {catalog.describe()} holds no complete build yet: build "
-                    "the facts (`fleet facts build`), or read the newest commit with --latest"
+                    f"facts catalog {catalog.describe()} holds no complete build yet: build the "
+                    "facts (materialize the dbt assets), or read the newest commit with --latest"
                 )
             con.execute("USE memory")
             con.execute(f"DETACH {ALIAS}")
