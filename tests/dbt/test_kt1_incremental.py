@@ -8,13 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 from dagster import AssetKey, AssetSelection, materialize
 
 from pipelines.definitions import build_defs
 from pipelines.simulator.kt1 import Kt1Server
-from tests.conftest import FleetEnv
+from tests.conftest import FleetEnv, facts_connect, facts_env
 from tests.kt1_support import LONG_POLL_S, REDELIVERY_S, TOKEN, run_drain, small_world
 
 PERIODS = "select * from int_kt1__idle_periods order by idle_period_id"
@@ -36,8 +35,9 @@ class _OneAssetWithoutIdlingEvents(Kt1Server):
             yield at, event
 
 
-def _build(duckdb_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLEET_DUCKDB_PATH", str(duckdb_path))
+def _build(catalog_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in facts_env(catalog_path).items():
+        monkeypatch.setenv(key, value)
     defs = build_defs()
     result = materialize(
         list(defs.assets), resources=defs.resources, selection=KT1_FACTS, raise_on_error=False
@@ -45,8 +45,8 @@ def _build(duckdb_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.success
 
 
-def _rows(duckdb_path: Path, query: str) -> list[tuple]:
-    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+def _rows(catalog_path: Path, query: str) -> list[tuple]:
+    with facts_connect(catalog_path) as con:
         return con.execute(query).fetchall()
 
 
@@ -65,16 +65,16 @@ def test_kt1_idle_periods_update_by_day_and_end_as_a_full_build(
     ).start()
     try:
         assert run_drain(server, group_max_batches=50).success  # up to 05-14 noon
-        _build(fleet_env.duckdb_path, monkeypatch)
-        first = _rows(fleet_env.duckdb_path, PERIODS)
+        _build(fleet_env.catalog_path, monkeypatch)
+        first = _rows(fleet_env.catalog_path, PERIODS)
         clock["now"] = datetime(2024, 5, 16, 12, 0, tzinfo=UTC)
         assert run_drain(server, group_max_batches=50).success  # the rest of 05-14, and 05-15
     finally:
         server.stop()
-    _build(fleet_env.duckdb_path, monkeypatch)
-    updated = _rows(fleet_env.duckdb_path, PERIODS)
+    _build(fleet_env.catalog_path, monkeypatch)
+    updated = _rows(fleet_env.catalog_path, PERIODS)
 
-    full = tmp_path / "full.duckdb"
+    full = tmp_path / "full" / "fleet_catalog.sqlite"
     _build(full, monkeypatch)
     assert updated == _rows(full, PERIODS)
 

@@ -9,13 +9,12 @@ import time
 from datetime import date
 from pathlib import Path
 
-import duckdb
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, materialize
 
 from pipelines.definitions import build_defs
-from tests.conftest import FleetEnv
+from tests.conftest import FleetEnv, facts_connect, facts_env
 
 FIRST, LAST = date(2026, 3, 1), date(2026, 3, 6)
 STAGING = AssetKey(["stg_avl__trips"])
@@ -33,9 +32,9 @@ def _land_avl() -> None:
     assert materialize(list(defs.assets), resources=defs.resources, selection=[raw], tags=tags)
 
 
-def _build(duckdb_path: Path | None = None) -> None:
-    if duckdb_path is not None:
-        os.environ["FLEET_DUCKDB_PATH"] = str(duckdb_path)
+def _build(catalog_path: Path | None = None) -> None:
+    if catalog_path is not None:
+        os.environ.update(facts_env(catalog_path))
     defs = build_defs()
     result = materialize(
         list(defs.assets), resources=defs.resources, selection=[STAGING], raise_on_error=False
@@ -43,8 +42,8 @@ def _build(duckdb_path: Path | None = None) -> None:
     assert result.success
 
 
-def _rows(duckdb_path: Path, query: str = QUERY) -> list[tuple]:
-    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+def _rows(catalog_path: Path, query: str = QUERY) -> list[tuple]:
+    with facts_connect(catalog_path) as con:
         return con.execute(query).fetchall()
 
 
@@ -61,10 +60,12 @@ def _age(lake: Path, seconds: float) -> None:
 
 
 def _full_build(env: FleetEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    fresh = tmp_path / "full.duckdb"
-    monkeypatch.setenv("FLEET_DUCKDB_PATH", str(fresh))
+    fresh = tmp_path / "full" / "fleet_catalog.sqlite"
+    for key, value in facts_env(fresh).items():
+        monkeypatch.setenv(key, value)
     _build()
-    monkeypatch.setenv("FLEET_DUCKDB_PATH", str(env.duckdb_path))
+    for key, value in facts_env(env.catalog_path).items():
+        monkeypatch.setenv(key, value)
     return _rows(fresh)
 
 
@@ -75,8 +76,8 @@ def test_a_build_reads_only_changed_days_and_ends_as_a_full_build(
     _land_avl()
     _age(lake, 3600)
     _build()
-    first = _rows(avl_env.duckdb_path)
-    before = dict(_rows(avl_env.duckdb_path, PER_DAY))
+    first = _rows(avl_env.catalog_path)
+    before = dict(_rows(avl_env.catalog_path, PER_DAY))
     assert all(before.get(date(2026, 3, d), 0) > 0 for d in (2, 4, 5))
 
     # Day 2 untouched but unreadable (same name, size and time): a build that read it would fail.
@@ -91,8 +92,8 @@ def test_a_build_reads_only_changed_days_and_ends_as_a_full_build(
     shutil.rmtree(lake / "avl" / "trips" / "day=2026-03-05")
 
     _build()
-    second = _rows(avl_env.duckdb_path)
-    days = dict(_rows(avl_env.duckdb_path, PER_DAY))
+    second = _rows(avl_env.catalog_path)
+    days = dict(_rows(avl_env.catalog_path, PER_DAY))
     assert date(2026, 3, 5) not in days
     assert days[date(2026, 3, 4)] == before[date(2026, 3, 4)] - 1
     assert days[date(2026, 3, 2)] == before[date(2026, 3, 2)]  # kept, not re-read
@@ -129,7 +130,7 @@ def test_a_same_second_rewrite_of_the_same_size_is_still_seen(avl_env: FleetEnv)
 
     _build()
     got = _rows(
-        avl_env.duckdb_path,
+        avl_env.catalog_path,
         "select sum(distance_km) from stg_avl__trips where day = date '2026-03-03'",
     )[0][0]
     known = [k for k in kms if k is not None]
