@@ -150,39 +150,36 @@ def load_extensions(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
         # cron, systemd, `env -i`: DuckDB keeps installed extensions under a home folder.
         con.execute(f"SET home_directory = '{_quote(tempfile.gettempdir())}'")
     for name in names:
-        try:
-            con.execute(f"LOAD {name}")
+        if _run(con, f"LOAD {name}") is None:
             continue
-        except duckdb.Error:
-            pass
         errors = []
-        try:
-            con.execute(f"INSTALL {name}")
-            con.execute(f"LOAD {name}")
+        failed = _run(con, f"INSTALL {name}", f"LOAD {name}")
+        if failed is None:
             continue
-        except duckdb.Error as exc:
-            errors.append(f"DuckDB's repository: {_first_line(exc)}")
+        errors.append(f"DuckDB's repository: {failed}")
         packaged = _packaged_extension(name)
         if packaged is None:
             errors.append(f"no package duckdb-extension-{name}=={duckdb.__version__} is installed")
         else:
-            try:
-                # LOAD by path needs no writable home folder (cron, systemd, `env -i`).
-                con.execute(f"LOAD '{_quote(str(packaged))}'")
+            failed = _run(con, f"INSTALL '{_quote(str(packaged))}'", f"LOAD {name}")
+            if failed is None:
                 continue
-            except duckdb.Error:
-                pass
-            try:
-                con.execute(f"INSTALL '{_quote(str(packaged))}'")
-                con.execute(f"LOAD {name}")
-                continue
-            except duckdb.Error as exc:
-                errors.append(f"{packaged}: {_first_line(exc)}")
+            errors.append(f"{packaged}: {failed}")
         raise FactsError(
             f"DuckDB extension {name!r} could not be loaded ({'; '.join(errors)}); install "
             f"`duckdb-extension-{name}=={duckdb.__version__}` or allow downloads from "
             "extensions.duckdb.org"
         )
+
+
+def _run(con: duckdb.DuckDBPyConnection, *statements: str) -> str | None:
+    """Run the statements; None when all succeeded, else the first line of the error."""
+    try:
+        for statement in statements:
+            con.execute(statement)
+    except duckdb.Error as exc:
+        return _first_line(exc)
+    return None
 
 
 def _packaged_extension(name: str) -> Path | None:
