@@ -50,7 +50,8 @@ def run_ours(world: World, days: list[date], clock) -> dict:
     os.environ.update(avl_env(server))
     os.environ.update(
         FLEET_LAKE_DIR=str(tmp / "lake"),
-        FLEET_DUCKDB_PATH=str(tmp / "fleet.duckdb"),
+        FLEET_FACTS_CATALOG=f"sqlite:{tmp / 'fleet_catalog.sqlite'}",
+        FLEET_FACTS_DATA_PATH=str(tmp / "facts"),
         FLEET_RATELIMIT_DB=str(tmp / "ratelimits.sqlite3"),
         FLEET_START_DATE=days[0].isoformat(),
         AVL_RATE_LIMIT=f"{RATE[0]}/{RATE[1]:g}",

@@ -39,7 +39,8 @@ def run(server: MetrotecServer, days: list[date], rate: str, label: str) -> dict
     os.environ.update(metrotec_env(server))
     os.environ.update(
         FLEET_LAKE_DIR=str(tmp / "lake"),
-        FLEET_DUCKDB_PATH=str(tmp / "fleet.duckdb"),
+        FLEET_FACTS_CATALOG=f"sqlite:{tmp / 'fleet_catalog.sqlite'}",
+        FLEET_FACTS_DATA_PATH=str(tmp / "facts"),
         FLEET_RATELIMIT_DB=str(tmp / "ratelimits.sqlite3"),
         FLEET_START_DATE=days[0].isoformat(),
         METROTEC_RATE_LIMIT=rate,

@@ -1,4 +1,4 @@
-"""Worked SQL questions on the DuckDB marts, rendered with their outputs into docs/analytics.md.
+"""Worked SQL questions on the facts' marts, rendered with their outputs into docs/analytics.md.
 
 The doc is generated, never edited by hand, so its tables cannot drift from what the SQL returns:
 `tests/dbt/test_analytics_doc.py` rebuilds the reference world through the real pipeline and
@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from pipelines import facts
+from pipelines.facts import FactsCatalog, FactsError
 
 # The only tables the questions may read: the marts of DESIGN §6, in the `main` schema.
 MART_TABLES = frozenset(
@@ -415,14 +418,11 @@ QUESTIONS: tuple[Question, ...] = (
 # --- running and rendering ---------------------------------------------------------------------
 
 
-def connect(duckdb_path: Path) -> duckdb.DuckDBPyConnection:
-    """Read-only, UTC and single-threaded, so every render of one file is byte-identical."""
-    if not duckdb_path.exists():
-        raise FileNotFoundError(f"{duckdb_path} does not exist: build the marts first")
-    con = duckdb.connect(str(duckdb_path), read_only=True)
-    con.execute("set TimeZone = 'UTC'")
-    con.execute("set threads = 1")  # float sums in one order: the same last digit every time
-    return con
+def connect(catalog: FactsCatalog) -> duckdb.DuckDBPyConnection:
+    """The facts as of their last complete build, as `fleet sql` opens them, in UTC (set by
+    `facts.connect`) and on one thread: float sums then add in one order, so every render of
+    one build is byte-identical. Raises FactsError (one line) when the catalog cannot open."""
+    return facts.connect(read_only=True, catalog=catalog, threads=1)
 
 
 def run(con: duckdb.DuckDBPyConnection, question: Question) -> tuple[list[str], list[tuple]]:
@@ -485,10 +485,12 @@ def render(con: duckdb.DuckDBPyConnection, data_note: str) -> str:
         "tests/dbt/test_analytics_doc.py fails when this file and the SQL disagree. "
         f"Regenerate: {REGENERATE} -->",
         "",
-        "Worked SQL a fleet data engineer runs on the DuckDB marts (DESIGN §6), each with why "
-        "it is asked and what it returned. Every query reads only the mart tables in `main` "
+        "Worked SQL a fleet data engineer runs on the marts (DESIGN §6), each with why it is "
+        "asked and what it returned. Every query reads only the mart tables in `main` "
         "(`fct_trips`, `fct_fuel_events`, `fct_idle_periods`, `dim_vehicles`, `fleet_daily`); "
-        'run one with `fleet sql "..."` or any DuckDB client on `$FLEET_DUCKDB_PATH`.',
+        'run one with `fleet sql "..."`, or in any DuckDB client after `ATTACH '
+        "'ducklake:$FLEET_FACTS_CATALOG' AS facts (DATA_PATH '$FLEET_FACTS_DATA_PATH', "
+        "READ_ONLY); USE facts;`.",
         "",
         f"{data_note} They cover {first}..{last} and {vehicles} vehicles. Timestamps are "
         "UTC, distances km, fuel litres.",
@@ -544,8 +546,9 @@ def _hermetic(data_dir: Path, values: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def build_reference_db(data_dir: Path) -> Path:
-    """Land the reference world from the four simulated APIs, build the marts; return the DB.
+def build_reference_facts(data_dir: Path) -> FactsCatalog:
+    """Land the reference world from the four simulated APIs, build the marts into a catalog
+    under `data_dir`; return that catalog.
 
     The steps of `fleet demo` (its selections, quiet runs and scaled limits) on fixed dates, a
     fixed simulated clock and an ephemeral Dagster instance, so every build gives the same marts.
@@ -568,13 +571,16 @@ def build_reference_db(data_dir: Path) -> Path:
         world.end_day,
         dbt_selection=AssetSelection.from_string("kind:dbt").without_checks(),
     )
-    duckdb_path = data_dir / "fleet.duckdb"
+    catalog = FactsCatalog.of(
+        f"sqlite:{data_dir / 'fleet_catalog.sqlite'}", str(data_dir / "facts")
+    )
     # A short long-poll so the kt1 drain ends promptly once the queue is empty, as in the demo.
     with start_all(world, clock=lambda: REFERENCE_NOW, kt1_long_poll_s=1.0) as sims:
         env = {
             **sims.env(),
             "FLEET_LAKE_DIR": str(data_dir / "lake"),
-            "FLEET_DUCKDB_PATH": str(duckdb_path),
+            "FLEET_FACTS_CATALOG": catalog.catalog,
+            "FLEET_FACTS_DATA_PATH": catalog.data_path,
             "FLEET_RATELIMIT_DB": str(data_dir / "ratelimits.sqlite3"),
             "FLEET_START_DATE": world.start_day.isoformat(),
             "METROTEC_RATE_LIMIT": "20/1",
@@ -592,7 +598,7 @@ def build_reference_db(data_dir: Path) -> Path:
                         f"reference world: step {step.name} failed (log: {log}): "
                         + "; ".join(failure_lines(result))
                     )
-    return duckdb_path
+    return catalog
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -601,7 +607,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Render docs/analytics.md: the worked questions with their outputs.",
     )
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--duckdb", type=Path, metavar="PATH", help="render from this marts file")
+    data.add_argument(
+        "--facts",
+        action="store_true",
+        help="render from the facts of FLEET_FACTS_CATALOG (data in FLEET_FACTS_DATA_PATH), as "
+        "of their last complete build",
+    )
     data.add_argument(
         "--reference",
         action="store_true",
@@ -618,13 +629,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fleet-analytics-") as tmp:
         if args.reference:
-            path = build_reference_db(args.data_dir or Path(tmp))
+            catalog = build_reference_facts(args.data_dir or Path(tmp))
             note = REFERENCE_NOTE
         else:
-            path, note = args.duckdb, f"The outputs come from `{args.duckdb.name}`."
+            from pipelines.settings import get_settings, load_env_file
+
+            load_env_file()
+            settings = get_settings()
+            for warning in settings.retired_warnings():
+                print(warning, file=sys.stderr)
+            catalog = FactsCatalog.from_settings(settings)
+            note = f"The outputs come from the facts catalog `{catalog.describe()}`."
         try:
-            con = connect(path)
-        except FileNotFoundError as exc:
+            con = connect(catalog)
+        except FactsError as exc:
             print(exc, file=sys.stderr)
             return 1
         try:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -383,7 +384,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
     try:
         con = connect(read_only=True, latest=args.latest)
     except FactsError as exc:
-        console.print(f"[red]{exc}[/]", highlight=False)
+        # One line, however narrow the terminal or pipe; brackets in paths are not markup.
+        console.print(f"[red]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
         return 1
     try:
         relation = con.sql(args.query)

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,34 +152,40 @@ def load_extensions(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
     """Load each extension: already installed, else from DuckDB's repository, else from the
     registry's packaged build (`duckdb-extension-<name>`) of exactly this DuckDB version.
     Raises FactsError with one line when none of the three works."""
+    if not os.environ.get("HOME"):
+        # cron, systemd, `env -i`: DuckDB keeps installed extensions under a home folder.
+        con.execute(f"SET home_directory = '{_quote(tempfile.gettempdir())}'")
     for name in names:
-        try:
-            con.execute(f"LOAD {name}")
+        if _run(con, f"LOAD {name}") is None:
             continue
-        except duckdb.Error:
-            pass
         errors = []
-        try:
-            con.execute(f"INSTALL {name}")
-            con.execute(f"LOAD {name}")
+        failed = _run(con, f"INSTALL {name}", f"LOAD {name}")
+        if failed is None:
             continue
-        except duckdb.Error as exc:
-            errors.append(f"DuckDB's repository: {_first_line(exc)}")
+        errors.append(f"DuckDB's repository: {failed}")
         packaged = _packaged_extension(name)
         if packaged is None:
             errors.append(f"no package duckdb-extension-{name}=={duckdb.__version__} is installed")
         else:
-            try:
-                con.execute(f"INSTALL '{_quote(str(packaged))}'")
-                con.execute(f"LOAD {name}")
+            failed = _run(con, f"INSTALL '{_quote(str(packaged))}'", f"LOAD {name}")
+            if failed is None:
                 continue
-            except duckdb.Error as exc:
-                errors.append(f"{packaged}: {_first_line(exc)}")
+            errors.append(f"{packaged}: {failed}")
         raise FactsError(
             f"DuckDB extension {name!r} could not be loaded ({'; '.join(errors)}); install "
             f"`duckdb-extension-{name}=={duckdb.__version__}` or allow downloads from "
             "extensions.duckdb.org"
         )
+
+
+def _run(con: duckdb.DuckDBPyConnection, *statements: str) -> str | None:
+    """Run the statements; None when all succeeded, else the first line of the error."""
+    try:
+        for statement in statements:
+            con.execute(statement)
+    except duckdb.Error as exc:
+        return _first_line(exc)
+    return None
 
 
 def _packaged_extension(name: str) -> Path | None:
@@ -211,7 +218,7 @@ def attach(
     if read_only and catalog.path is not None and not catalog.path.exists():
         raise FactsError(
             f"facts catalog {catalog.describe()} does not exist yet: build the facts first "
-            "(`fleet facts build`, or `make demo`)"
+            "(materialize the dbt assets, or `make demo`)"
         )
     try:
         con.execute(catalog.attach_sql(read_only=read_only, snapshot=snapshot))
@@ -307,8 +314,8 @@ def connect(
             if build is None:
                 # Whatever is there is a first build in progress, or one that failed.
                 raise FactsError(
-                    f"facts catalog {catalog.describe()} holds no complete build yet: build "
-                    "the facts (`fleet facts build`), or read the newest commit with --latest"
+                    f"facts catalog {catalog.describe()} holds no complete build yet: build the "
+                    "facts (materialize the dbt assets), or read the newest commit with --latest"
                 )
             con.execute("USE memory")
             con.execute(f"DETACH {ALIAS}")

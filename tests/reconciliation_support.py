@@ -1,5 +1,5 @@
 """The ground-truth reconciliation's build and readers: one world, four simulated APIs, the real
-Dagster path into DuckDB, and the built facts mapped back onto the World's vehicles.
+Dagster path into the facts catalog, and the built facts mapped back onto the World's vehicles.
 
 Settings keep one build of 20 vehicles x 30 days near a minute and a half on two idle cores:
 AutoPi (one export, two lake files and a ledger entry per trip) is fitted to one vehicle, the
@@ -31,6 +31,7 @@ from pipelines.simulator import autopi, avl, kt1, metrotec
 from pipelines.simulator.serve import DEMO_AVL_RATE, Simulators
 from pipelines.simulator.truth import identities
 from pipelines.simulator.world import Vehicle, World
+from tests.conftest import facts_env
 
 REPO = Path(__file__).resolve().parents[1]
 DBT_DIR = REPO / "dbt_models"
@@ -98,13 +99,13 @@ def simulators(world: World) -> Iterator[Simulators]:
 
 @dataclass
 class Build:
-    duckdb_path: Path
+    catalog_path: Path  # the facts' SQLite DuckLake catalog, its data files beside it
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def build_everything(world: World, tmp: Path, mp: pytest.MonkeyPatch) -> Build:
     """Land all four sources through real Dagster runs, then `dbt build` the facts."""
-    build = Build(tmp / "fleet.duckdb")
+    build = Build(tmp / "fleet_catalog.sqlite")
     first = world.start_day.isoformat()
     with simulators(world) as sims:
         for key in [
@@ -114,7 +115,7 @@ def build_everything(world: World, tmp: Path, mp: pytest.MonkeyPatch) -> Build:
         for key, value in {
             **sims.env(),
             "FLEET_LAKE_DIR": str(tmp / "lake"),
-            "FLEET_DUCKDB_PATH": str(build.duckdb_path),
+            **facts_env(build.catalog_path),
             "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
             "FLEET_START_DATE": first,
             "METROTEC_RATE_LIMIT": "20/1",  # the demo's pace

@@ -2,7 +2,7 @@
 every question and compare with the committed file.
 
 The world is landed from the four simulated APIs by real Dagster materializations and built by
-dbt (`build_reference_db`: the steps of `fleet demo` on fixed dates), so a model change that moves
+dbt (`build_reference_facts`: the steps of `fleet demo` on fixed dates), so a model change that moves
 a number fails this test until the doc is regenerated.
 """
 
@@ -15,32 +15,38 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines import analytics
+from pipelines import analytics, facts
+from pipelines.facts import FactsCatalog
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analytics.md"
 
 
 @pytest.fixture(scope="module")
-def reference_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference world's marts, built once for the module."""
-    return analytics.build_reference_db(tmp_path_factory.mktemp("analytics-reference"))
+def reference(tmp_path_factory: pytest.TempPathFactory) -> FactsCatalog:
+    """The reference world's facts catalog, built once for the module."""
+    return analytics.build_reference_facts(tmp_path_factory.mktemp("analytics-reference"))
 
 
 @pytest.fixture(scope="module")
-def marts(reference_db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = analytics.connect(reference_db)
+def marts(reference: FactsCatalog) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = analytics.connect(reference)
     yield con
     con.close()
 
 
 @pytest.fixture(scope="module")
-def marts_only(reference_db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory database holding nothing but the marts' (empty) tables, in `main`."""
-    con = duckdb.connect()
-    con.execute(f"attach '{reference_db}' as reference (read_only)")
+def marts_only(reference: FactsCatalog) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory database holding nothing but the marts' (empty) tables, in `main`: the
+    catalog, with its staging models, is detached once they are copied."""
+    con = facts.connect(read_only=True, catalog=reference)
+    con.execute("use memory.main")
     for table in sorted(analytics.MART_TABLES):
-        con.execute(f"create table main.{table} as select * from reference.main.{table} limit 0")
-    con.execute("detach reference")
+        con.execute(
+            f"create table memory.main.{table} as select * from {facts.ALIAS}.main.{table} limit 0"
+        )
+    con.execute(f"detach {facts.ALIAS}")
+    databases = con.execute("select database_name from duckdb_databases()").fetchall()
+    assert {name for (name,) in databases} == {"memory", "system", "temp"}
     yield con
     con.close()
 

@@ -1,4 +1,4 @@
-"""AutoPi's dbt models on a real DuckDB build, compared with the simulator's ground truth.
+"""AutoPi's dbt models on a real facts build, compared with the simulator's ground truth.
 
 The world is the demo fleet's (seed 7), whose AutoPi tank sizes are in the
 autopi_vehicle_tanks seed, so litres can be checked too.
@@ -19,6 +19,7 @@ from dagster import AssetKey, materialize
 from pipelines.definitions import build_defs
 from pipelines.simulator.autopi import AutoPiServer, env
 from pipelines.simulator.world import World
+from tests.conftest import facts_connect, facts_env
 
 MODELS = [
     "autopi_vehicle_tanks",
@@ -46,7 +47,8 @@ def world() -> World:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, world: World) -> Iterator[duckdb.DuckDBPyConnection]:
+def built_env(tmp_path_factory, world: World) -> Path:
+    """One AutoPi landing and one build of its models, shared by the module's tests."""
     tmp = tmp_path_factory.mktemp("autopi_facts")
     now = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
     with AutoPiServer(world, clock=lambda: now) as server, pytest.MonkeyPatch.context() as mp:
@@ -54,7 +56,7 @@ def built(tmp_path_factory, world: World) -> Iterator[duckdb.DuckDBPyConnection]
         for key, value in {
             **env(server),
             "FLEET_LAKE_DIR": str(tmp / "lake"),
-            "FLEET_DUCKDB_PATH": str(tmp / "fleet.duckdb"),
+            **facts_env(tmp / "fleet_catalog.sqlite"),
             "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
             "FLEET_START_DATE": "2026-03-01",
         }.items():
@@ -64,7 +66,12 @@ def built(tmp_path_factory, world: World) -> Iterator[duckdb.DuckDBPyConnection]
         assert materialize(list(defs.assets), resources=defs.resources, selection=raw).success
         models = [AssetKey([m]) for m in MODELS]
         assert materialize(list(defs.assets), resources=defs.resources, selection=models).success
-    con = duckdb.connect(str(tmp / "fleet.duckdb"), read_only=True)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def built(built_env: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = facts_connect(built_env / "fleet_catalog.sqlite")
     yield con
     con.close()
 
@@ -129,15 +136,15 @@ def test_datapoints_are_keyed_by_trip_and_line(built: duckdb.DuckDBPyConnection)
 
 
 def test_a_daily_incremental_build_equals_a_full_build(
-    built: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built: duckdb.DuckDBPyConnection,
+    built_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Build on a lake missing the last day and one earlier trip, land them, build again: the
     per-trip incremental models must end exactly where one full build does."""
-    full_db = built.execute(
-        "select path from duckdb_databases() where database_name = current_database()"
-    ).fetchone()[0]
     lake = tmp_path / "lake"
-    shutil.copytree(Path(full_db).parent / "lake", lake)
+    shutil.copytree(built_env / "lake", lake)
     held = tmp_path / "held"
     days = sorted((lake / "autopi" / "trips").iterdir())
     assert len(days) >= 2
@@ -150,14 +157,15 @@ def test_a_daily_incremental_build_equals_a_full_build(
             shutil.move(source, target)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FLEET_LAKE_DIR", str(lake))
-    monkeypatch.setenv("FLEET_DUCKDB_PATH", str(tmp_path / "fleet.duckdb"))
+    for key, value in facts_env(tmp_path / "fleet_catalog.sqlite").items():
+        monkeypatch.setenv(key, value)
     defs = build_defs()
     models = [AssetKey([m]) for m in MODELS]
     assert materialize(list(defs.assets), resources=defs.resources, selection=models).success
     for table in ("trips", "datapoints"):
         shutil.copytree(held / table, lake / "autopi" / table, dirs_exist_ok=True)
     assert materialize(list(defs.assets), resources=defs.resources, selection=models).success
-    with duckdb.connect(str(tmp_path / "fleet.duckdb"), read_only=True) as incremental:
+    with facts_connect(tmp_path / "fleet_catalog.sqlite") as incremental:
         for model, key in [
             ("int_autopi__speed_intervals", "source_trip_id, line_no"),
             ("int_autopi__trip_readings", "source_trip_id"),

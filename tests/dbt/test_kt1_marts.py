@@ -17,6 +17,7 @@ from pipelines.lake import Lake
 from pipelines.simulator.avl import AvlServer
 from pipelines.simulator.avl import env as avl_env
 from pipelines.simulator.world import World
+from tests.conftest import facts_connect, facts_env
 from tests.kt1_support import run_drain, start_server
 
 NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
@@ -35,7 +36,8 @@ def built_env(tmp_path_factory, kt1_world: World):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)
         mp.setenv("FLEET_LAKE_DIR", str(tmp / "lake"))
-        mp.setenv("FLEET_DUCKDB_PATH", str(tmp / "fleet.duckdb"))
+        for key, value in facts_env(tmp / "fleet_catalog.sqlite").items():
+            mp.setenv(key, value)
         mp.setenv("FLEET_RATELIMIT_DB", str(tmp / "ratelimits.sqlite3"))
         mp.setenv("FLEET_START_DATE", "2026-03-01")
         avl = AvlServer(kt1_world, rate_limit=(10, 1.0), clock=lambda: NOW).start()
@@ -69,7 +71,7 @@ def built_env(tmp_path_factory, kt1_world: World):
 
 @pytest.fixture
 def built(built_env):
-    con = duckdb.connect(str(built_env / "fleet.duckdb"), read_only=True)
+    con = facts_connect(built_env / "fleet_catalog.sqlite")
     yield con
     con.close()
 

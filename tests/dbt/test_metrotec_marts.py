@@ -1,19 +1,18 @@
-"""Metrotec through dbt on DuckDB: real landings (AVL and Metrotec simulators over HTTP) and a
-real `dbt build`, with the Metrotec facts compared to the World's ground truth."""
+"""Metrotec through dbt into the facts catalog: real landings (AVL and Metrotec simulators over
+HTTP) and a real `dbt build`, with the Metrotec facts compared to the World's ground truth."""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, date
 
-import duckdb
 import pytest
 from dagster import AssetKey, materialize
 
 from pipelines.definitions import build_defs
 from pipelines.simulator.avl import AvlServer
 from pipelines.simulator.metrotec import IDLE_STOP_MIN_S
-from tests.conftest import SIM_NOW
+from tests.conftest import SIM_NOW, facts_connect, facts_env
 from tests.metrotec_support import ScriptedMetrotecServer, day_bounds, truth_trips
 
 FIRST, LAST = date(2026, 3, 2), date(2026, 3, 15)
@@ -51,7 +50,7 @@ def built(tmp_path_factory, sims):
             **metrotec_env(metrotec),
             "METROTEC_RATE_LIMIT": "1000/1",
             "FLEET_LAKE_DIR": str(tmp / "lake"),
-            "FLEET_DUCKDB_PATH": str(tmp / "fleet.duckdb"),
+            **facts_env(tmp / "fleet_catalog.sqlite"),
             "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
             "FLEET_START_DATE": "2025-12-01",
         }.items():
@@ -64,7 +63,7 @@ def built(tmp_path_factory, sims):
         assert landing.success
         facts = materialize(list(defs.assets), resources=defs.resources, selection="kind:dbt")
         assert facts.success  # every dbt data test included
-    con = duckdb.connect(str(tmp / "fleet.duckdb"), read_only=True)
+    con = facts_connect(tmp / "fleet_catalog.sqlite")
     yield con
     con.close()
 

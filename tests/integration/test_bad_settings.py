@@ -3,6 +3,7 @@ what is expected; the code location, the other sources and `fleet sql` keep work
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from dagster import AssetKey, materialize
 
 from pipelines.cli import failure_lines
 from pipelines.definitions import build_defs
+from tests.conftest import facts_env
 
 AVL = AssetKey(["raw", "avl", "trips"])
 KT1 = [AssetKey(["raw", "kt1", t]) for t in ("telemetry", "trips", "events", "changes")]
@@ -69,14 +71,20 @@ def test_a_bad_setting_fails_only_its_source_with_one_line(
 
 
 def test_fleet_sql_works_whatever_a_source_setting_says(fleet_env, tmp_path: Path) -> None:
-    import duckdb
+    from pipelines.facts import ALIAS, BUILD_MESSAGE, FactsCatalog, connect
 
-    con = duckdb.connect(str(fleet_env.duckdb_path))
-    con.execute("create table fleet_daily as select 1 as trips")
-    con.close()
+    catalog = FactsCatalog.of(f"sqlite:{fleet_env.catalog_path}", str(fleet_env.facts_data))
+    with connect(read_only=False, catalog=catalog) as con:
+        # One commit that is its own complete build: readers open the newest build marker.
+        con.execute("begin transaction")
+        con.execute("create table fleet_daily as select 1 as trips")
+        con.execute(f"call {ALIAS}.set_commit_message('tests', ?)", [BUILD_MESSAGE])
+        con.execute("commit")
     env = {
         "PATH": "/usr/bin:/bin",
-        "FLEET_DUCKDB_PATH": str(fleet_env.duckdb_path),
+        # DuckDB keeps its extensions (DuckLake's among them) under the home directory.
+        "HOME": os.environ["HOME"],
+        **facts_env(fleet_env.catalog_path),
         "AVL_RATE_LIMIT": "abc",
         "FLEET_START_DATE": "yesterday",
         "KT1_DRAIN_SECONDS": "abc",

@@ -9,10 +9,24 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
+import pytest
 import requests
 
+from pipelines.facts import FactsError
+from pipelines.settings import FleetSettings
+from tests.conftest import facts_connect, facts_env
+
 FLEET = [sys.executable, "-m", "pipelines.cli"]
+
+
+def _words(text: str) -> str:
+    """`text` with its line breaks and runs of spaces made single spaces."""
+    return " ".join(text.split())
+
+
+def _squashed(text: str) -> str:
+    """`text` without any whitespace: rich folds a word longer than the terminal (a path)."""
+    return "".join(text.split())
 
 
 def _run(
@@ -36,25 +50,30 @@ def test_demo_lands_the_fleet_builds_facts_and_prints_a_summary(tmp_path: Path, 
     assert "Fleet summary" in done.stdout and "V004" in done.stdout
     assert "10 per 3 s" in done.stdout  # the scaled rate limit is said on screen
     assert "make dev-sim" in done.stdout
-    con = duckdb.connect(str(tmp_path / "data" / "fleet.duckdb"), read_only=True)
-    trips, vehicles = con.execute(
-        "select count(*), count(distinct vehicle_id) from fct_trips"
-    ).fetchone()
-    con.close()
+    catalog = tmp_path / "data" / "fleet_catalog.sqlite"
+    assert catalog.is_file() and any((tmp_path / "data" / "facts").rglob("*.parquet"))
+    with facts_connect(catalog) as con:
+        trips, vehicles = con.execute(
+            "select count(*), count(distinct vehicle_id) from fct_trips"
+        ).fetchone()
     assert trips > 0 and vehicles == 4
 
-    answer = _run(
-        ["sql", "select vehicle_id, sum(trips) as trips from fleet_daily group by 1 order by 1"],
-        tmp_path,
-        {"FLEET_DUCKDB_PATH": str(tmp_path / "data" / "fleet.duckdb")},
-    )
+    daily = ["sql", "select vehicle_id, sum(trips) as trips from fleet_daily group by 1 order by 1"]
+    answer = _run(daily, tmp_path, facts_env(catalog))
     assert answer.returncode == 0 and "V001" in answer.stdout and "trips" in answer.stdout
+    assert "FLEET_DUCKDB_PATH" not in answer.stdout
 
-    wrong = _run(
-        ["sql", "select nope from fct_trips"],
-        tmp_path,
-        {"FLEET_DUCKDB_PATH": str(tmp_path / "data" / "fleet.duckdb")},
-    )
+    # The retired variable is ignored with one warning; the query still reads the catalog.
+    retired = _run(daily, tmp_path, {**facts_env(catalog), "FLEET_DUCKDB_PATH": "fleet.duckdb"})
+    assert retired.returncode == 0, retired.stdout + retired.stderr
+    assert retired.stdout.count("FLEET_DUCKDB_PATH") == 1
+    (warning,) = FleetSettings(fleet_duckdb_path="fleet.duckdb").retired_warnings()
+    shown = _words(retired.stdout)
+    assert shown.startswith(_words(warning))  # first, before the answer
+    assert shown.removeprefix(_words(warning)).strip() == _words(answer.stdout)
+    assert not (tmp_path / "fleet.duckdb").exists()
+
+    wrong = _run(["sql", "select nope from fct_trips"], tmp_path, facts_env(catalog))
     assert (
         wrong.returncode == 1
         and len(wrong.stdout.strip().splitlines()) <= 2
@@ -63,8 +82,15 @@ def test_demo_lands_the_fleet_builds_facts_and_prints_a_summary(tmp_path: Path, 
 
 
 def test_sql_without_a_database_says_how_to_make_one(tmp_path: Path, fleet_env) -> None:
+    assert not fleet_env.catalog_path.exists()
+    with pytest.raises(FactsError) as missing:
+        fleet_env.facts()
+    assert "make demo" in str(missing.value)
     answer = _run(["sql", "select 1"], tmp_path)
-    assert answer.returncode == 1 and "make demo" in answer.stdout
+    assert answer.returncode == 1, answer.stdout + answer.stderr
+    # The one line FactsError says (rich may wrap it at the terminal's width), and nothing else.
+    assert _squashed(answer.stdout) == _squashed(str(missing.value))
+    assert not fleet_env.catalog_path.exists()  # a reader never creates the catalog
 
 
 def test_simulate_serves_the_four_apis_and_prints_their_variables(

@@ -24,6 +24,7 @@ from dagster import AssetKey, materialize
 from pipelines.definitions import build_defs
 from pipelines.simulator.kt1 import Kt1Server
 from pipelines.simulator.world import World
+from tests.conftest import facts_connect, facts_env
 from tests.kt1_support import (
     TOKEN,
     identities,
@@ -77,7 +78,8 @@ def crashed(tmp_path_factory):
         for key in [k for k in os.environ if k.startswith(("KT1_", "FLEET_"))]:
             mp.delenv(key)
         mp.setenv("FLEET_LAKE_DIR", str(tmp / "lake"))
-        mp.setenv("FLEET_DUCKDB_PATH", str(tmp / "fleet.duckdb"))
+        for key, value in facts_env(tmp / "fleet_catalog.sqlite").items():
+            mp.setenv(key, value)
         mp.setenv("FLEET_RATELIMIT_DB", str(tmp / "ratelimits.sqlite3"))
         try:
             for n, stage in enumerate(STAGES):
@@ -173,7 +175,7 @@ def test_a_drain_killed_at_a_stage_loses_nothing_and_staging_shows_no_copy(crash
     assert stats["pending"] == stats["in_flight"] == 0
     everything = scenario.server.acknowledged_items()
     assert len(set(identities(everything))) == scenario.queued  # all of it was acknowledged
-    with duckdb.connect(str(tmp / "fleet.duckdb"), read_only=True) as con:
+    with facts_connect(tmp / "fleet_catalog.sqlite") as con:
         rows = staged(con, scenario.world)
     truth = served(everything)
     for kind, keys in rows.items():

@@ -32,6 +32,7 @@ from pipelines.sources.kt1.assets import QUEUE_TAG, summarize_drain
 from pipelines.sources.kt1.client import Kt1Client
 from pipelines.sources.kt1.drain import SCHEMA_FILE, drain_lock, drain_stream
 from pipelines.sources.kt1.extract import QUARANTINE, TABLE_OF_TYPE, TABLES
+from tests.conftest import facts_env
 from tests.kt1_support import (
     BEFORE_ANY_DATA,
     TOKEN,
@@ -100,7 +101,8 @@ def witnessed(world, tmp_path_factory) -> Iterator[Witnessed]:
         for key in [k for k in os.environ if k.startswith(("KT1_", "FLEET_"))]:
             mp.delenv(key)
         mp.setenv("FLEET_LAKE_DIR", str(tmp / "lake"))
-        mp.setenv("FLEET_DUCKDB_PATH", str(tmp / "fleet.duckdb"))
+        for key, value in facts_env(tmp / "fleet_catalog.sqlite").items():
+            mp.setenv(key, value)
         mp.setenv("FLEET_RATELIMIT_DB", str(tmp / "ratelimits.sqlite3"))
         server = start_server(
             world, server_class=DurabilityWitness, lake_dir=tmp / "lake", batch_size=25

@@ -13,11 +13,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 
-import duckdb
 import pytest
 
 from pipelines.simulator.truth import DayTruth, day_truths, identities, trips_by_start
 from pipelines.simulator.world import Trip, Vehicle, World
+from tests.conftest import facts_connect
 from tests.reconciliation_support import (
     AUTOPI_SAMPLE_S,
     IDLE_PERIOD_MIN_S,
@@ -93,7 +93,7 @@ def build(tmp_path_factory: pytest.TempPathFactory, world: World) -> Iterator[Bu
 
 @pytest.fixture(scope="module")
 def facts(build: Build, world: World) -> Facts:
-    with duckdb.connect(str(build.duckdb_path), read_only=True) as con:
+    with facts_connect(build.catalog_path) as con:
         return read_facts(con, world)
 
 

@@ -29,7 +29,7 @@ from pipelines.lake import Lake
 from pipelines.runs import HEARTBEAT_TAG, INSTANCE_SETTINGS
 from pipelines.simulator.serve import Simulators, start_all
 from pipelines.simulator.world import World
-from tests.conftest import SIM_NOW, WORLD_END
+from tests.conftest import SIM_NOW, WORLD_END, facts_env
 from tests.integration.test_avl_asset import truth
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,7 +118,7 @@ def home(tmp_path: Path, sims: Simulators) -> Iterator[tuple[dict[str, str], Dag
     env.update(
         DAGSTER_HOME=str(dagster_home),
         FLEET_LAKE_DIR=str(tmp_path / "lake"),
-        FLEET_DUCKDB_PATH=str(tmp_path / "fleet.duckdb"),
+        **facts_env(tmp_path / "fleet_catalog.sqlite"),
         FLEET_RATELIMIT_DB=str(tmp_path / "ratelimits.sqlite3"),
         FLEET_START_DATE="2025-12-01",
         AVL_RATE_LIMIT="2/2",
@@ -200,7 +200,12 @@ def test_a_killed_run_frees_its_source_and_the_next_run_completes(
     assert launch.returncode == 0, launch.stdout + launch.stderr
     finished = wait_for(
         "the queued run to finish",
-        lambda: [r for r in runs(instance) if r.run_id != dead.run_id and r.is_finished],
+        # Of this job: the facts automation may launch a dbt run after a raw table lands.
+        lambda: [
+            r
+            for r in runs(instance)
+            if r.run_id != dead.run_id and r.job_name == spec.job and r.is_finished
+        ],
         240,
     )
     assert finished[0].status == DagsterRunStatus.SUCCESS, source

@@ -34,7 +34,7 @@ def test_a_catalog_not_built_yet_is_one_line_saying_how_to_build_it(tmp_path: Pa
         connect(catalog=catalog)
     message = str(error.value)
     assert len(message.splitlines()) == 1
-    assert str(tmp_path / "none.sqlite") in message and "fleet facts build" in message
+    assert str(tmp_path / "none.sqlite") in message and "materialize the dbt assets" in message
     assert not (tmp_path / "none.sqlite").exists()  # a reader never creates a catalog
 
 

@@ -32,6 +32,10 @@ HAMMER = textwrap.dedent(
     from pipelines.http import SlidingWindowLimiter
     db, n, window, count, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     limiter = SlidingWindowLimiter("shared-api", n, window, Path(db))
+    # Start together, whatever the imports cost on a busy machine: ready, then wait for go.
+    Path(out + ".ready").touch()
+    while not Path(db + ".go").exists():
+        time.sleep(0.005)
     sent = []
     for _ in range(count):
         slot = limiter.acquire()
@@ -62,6 +66,11 @@ def test_two_processes_never_put_more_than_n_requests_in_any_window(tmp_path: Pa
         )
         for out in outs
     ]
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{out}.ready").exists() for out in outs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    Path(f"{db}.go").touch()
     for p in procs:
         assert p.wait(timeout=60) == 0
     sent = [t for out in outs for t in json.loads(out.read_text())]
