@@ -1,6 +1,5 @@
 """The dbt project as Dagster assets: sources map to `raw/<source>/<table>`, one lineage graph."""
 
-import contextlib
 import fcntl
 import json
 import os
@@ -29,7 +28,7 @@ from dagster import (
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from pipelines.checks import LAKE_DAYS_CHECK, describe_days, missing_lake_days
-from pipelines.facts import MARK_ENV, RUN_MARKS, FactsCatalog
+from pipelines.facts import FactsCatalog
 from pipelines.facts import connect as facts_connect
 from pipelines.facts import dbt_env as facts_dbt_env
 from pipelines.lake import Lake
@@ -79,8 +78,7 @@ FACTS_FRESHNESS = FreshnessPolicy.time_window(
 """Marts are rebuilt at least daily (AVL 03:15, Metrotec 03:45 UTC, kt1 and AutoPi as they
 land): 26 h without a build means a daily load was missed, 30 h that it is not coming."""
 
-DAILY_ASSETS = "fleet_dbt_daily"
-WHOLE_ASSETS = "fleet_dbt_models"
+FACTS_ASSETS = "fleet_dbt_models"
 
 
 def daily_models(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -94,9 +92,17 @@ def daily_models(manifest: Mapping[str, Any]) -> dict[str, str]:
 
 
 class FleetDbtTranslator(DagsterDbtTranslator):
-    """dbt sources become the raw assets that land them; models are grouped by layer, and the
-    marts carry a freshness policy. No automation condition: the facts sensor
-    (pipelines/facts_build.py) requests the days raw data was written to."""
+    """dbt sources become the raw assets that land them; models are grouped by layer, the daily
+    ones (`daily`) take the daily partitions, and the marts carry a freshness policy. No
+    automation condition: the facts sensor (pipelines/facts_build.py) requests the days raw data
+    was written to."""
+
+    def __init__(
+        self, daily: Mapping[str, str] | None = None, partitions: PartitionsDefinition | None = None
+    ) -> None:
+        super().__init__()
+        self._daily = daily or {}
+        self._partitions = partitions
 
     def get_asset_spec(
         self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
@@ -112,6 +118,8 @@ class FleetDbtTranslator(DagsterDbtTranslator):
             "seeds" if props["resource_type"] == "seed" else "dbt",
         )
         spec = spec.replace_attributes(group_name=f"dbt_{layer}")
+        if props["name"] in self._daily and self._partitions is not None:
+            spec = spec.replace_attributes(partitions_def=self._partitions)
         if layer == "marts":
             spec = spec.replace_attributes(freshness_policy=FACTS_FRESHNESS)
         return spec
@@ -133,10 +141,6 @@ def dbt_env(lake_dir: Path, catalog: FactsCatalog) -> dict[str, str]:
         "FLEET_DUCKDB_MEMORY_LIMIT": os.environ.get("FLEET_DUCKDB_MEMORY_LIMIT")
         or default_memory_limit(),
         "DBT_LOG_LEVEL_FILE": os.environ.get("DBT_LOG_LEVEL_FILE") or "warn",
-        # A test of two models (fct_trips -> dim_vehicles) runs in the invocation that builds
-        # both or the later one, never beside the one built first (daily and whole-table models
-        # are separate invocations of one run).
-        "DBT_INDIRECT_SELECTION": "buildable",
     }
 
 
@@ -181,22 +185,28 @@ BUILD_LOCK_WAIT_S = 3600.0
 def build_dbt_assets(
     lake_dir: Path, catalog: FactsCatalog, partitions: PartitionsDefinition
 ) -> list[AssetsDefinition]:
-    """Two asset definitions over one dbt project: the daily models, partitioned like the raw
-    daily assets (so a raw day maps to the same fact day) and built a whole range in one dbt
-    invocation; and the models without a day (seeds, identities, dim_vehicles, snapshot
-    views), built whole. Dagster runs them in dependency order within one run."""
+    """The dbt project as one asset definition: the daily models partitioned like the raw daily
+    assets (so a raw day maps to the same fact day), the models without a day (seeds,
+    identities, dim_vehicles, snapshot views) unpartitioned. One op, so a run is one step and
+    one `dbt build` over its partition range: one commit of the catalog's marker, one start-up."""
     manifest_path = ensure_manifest()
     daily = daily_models(json.loads(manifest_path.read_text()))
-    selection = " ".join(sorted(daily))
 
-    def run(context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig):  # noqa: ANN202
+    @dbt_assets(
+        manifest=manifest_path,
+        project=dbt_project,
+        dagster_dbt_translator=FleetDbtTranslator(daily, partitions),
+        name=FACTS_ASSETS,
+        backfill_policy=BackfillPolicy.single_run(),
+        pool=FACTS_POOL,
+    )
+    def fleet_dbt_models(
+        context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig
+    ) -> Iterator[Any]:
         os.environ.update(dbt_env(lake_dir, catalog))
         window = context.partition_time_window if context.has_partition_key_range else None
         missing = warn_missing_lake_days(context, Lake(lake_dir))
-        # Under the facts run (pipelines/facts_build.py) the run holds the lock for all its steps.
-        held = os.environ.get(MARK_ENV) == RUN_MARKS
-        lock = contextlib.nullcontext(0.0) if held else catalog.build_lock(BUILD_LOCK_WAIT_S)
-        with lock as waited:
+        with catalog.build_lock(BUILD_LOCK_WAIT_S) as waited:
             if waited >= 1:
                 context.log.info(f"waited {waited:.0f}s for another build of the facts")
             events = dbt.cli(dbt_build_args(config, window), context=context).stream()
@@ -204,38 +214,7 @@ def build_dbt_assets(
                 events = with_rows_by_day(context, events, catalog, daily, window)
             yield from with_missing_lake_days(context, events, missing)
 
-    @dbt_assets(
-        manifest=manifest_path,
-        project=dbt_project,
-        dagster_dbt_translator=FleetDbtTranslator(),
-        name=DAILY_ASSETS,
-        select=selection,
-        partitions_def=partitions,
-        backfill_policy=BackfillPolicy.single_run(),
-        pool=FACTS_POOL,
-    )
-    def fleet_dbt_daily(
-        context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig
-    ) -> Iterator[Any]:
-        yield from run(context, dbt, config)
-
-    @dbt_assets(
-        manifest=manifest_path,
-        project=dbt_project,
-        dagster_dbt_translator=FleetDbtTranslator(),
-        name=WHOLE_ASSETS,
-        exclude=selection,
-        # Unpartitioned, but so marked a CLI partition range over daily and whole models
-        # (`dagster asset materialize --select ... --partition-range A...B`) is one run.
-        backfill_policy=BackfillPolicy.single_run(),
-        pool=FACTS_POOL,
-    )
-    def fleet_dbt_models(
-        context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig
-    ) -> Iterator[Any]:
-        yield from run(context, dbt, config)
-
-    return [fleet_dbt_daily, fleet_dbt_models]
+    return [fleet_dbt_models]
 
 
 def with_rows_by_day(

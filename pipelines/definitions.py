@@ -7,7 +7,7 @@ from dagster import DailyPartitionsDefinition, Definitions
 from pipelines.checks import build_raw_checks
 from pipelines.dbt import build_dbt_assets, dbt_resource
 from pipelines.facts import FactsCatalog
-from pipelines.facts_build import build_facts_sensor, wrap_facts_runs
+from pipelines.facts_build import build_facts_sensor
 from pipelines.facts_maintenance import facts_maintenance, facts_maintenance_schedule
 from pipelines.resources import LakeResource
 from pipelines.runs import check_instance, fleet_executor
@@ -64,7 +64,7 @@ def build_defs(settings: FleetSettings | None = None) -> Definitions:
             jobs=[facts_maintenance],
             schedules=[facts_maintenance_schedule],
             resources=build_resources(settings),
-            executor=fleet_executor(wrap_facts_runs),
+            executor=fleet_executor,
         ),
     )
 

@@ -36,11 +36,6 @@ BUILD_MESSAGE = "fleet facts build"
 """Commit message of the snapshot that ends a complete build (macros/facts_build.sql)."""
 
 BUILD_LOCK = ".fleet_facts_build.lock"
-MARK_ENV = "FLEET_FACTS_MARK"
-"""`run` while a Dagster run builds the facts: the run holds the build lock and writes the one
-marker after its last dbt step, so its steps neither lock nor mark (several dbt invocations
-make one build)."""
-RUN_MARKS = "run"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 _REMOTE = re.compile(r"^(s3|s3a|gcs|gs|r2|https?|az|abfss)://", re.IGNORECASE)
@@ -264,9 +259,8 @@ def last_build(con: duckdb.DuckDBPyConnection) -> int | None:
 
 
 def mark_build(con: duckdb.DuckDBPyConnection, by: str, models: int = 0) -> None:
-    """Write a marker commit: readers open the catalog as of the newest one. Written once a
-    whole build succeeded: by the Dagster run of the build (pipelines/facts_build.py), by a
-    plain `dbt build` (dbt_models/macros/facts_build.sql), or by maintenance."""
+    """Write a marker commit: readers open the catalog as of the newest one. A dbt build writes
+    its own (dbt_models/macros/facts_build.sql); maintenance writes one after compacting."""
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {ALIAS}.fleet_build")
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {ALIAS}.fleet_build.builds "

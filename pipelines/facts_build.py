@@ -9,17 +9,15 @@ midnight, fuel events matched across it), plus the models without a day, as one 
 contiguous range. `fleet facts build` runs the same assets for every day with raw data, or a
 range.
 
-A run is one build: it holds the catalog's build lock from its first dbt step to its last (the
-steps are separate dbt invocations, as Dagster orders daily and whole-table models), and writes
-the one marker commit readers open the facts at only when every dbt step succeeded.
+A run is one build: one step, one `dbt build` over the run's days, whose last commit is the
+marker readers open the facts at (dbt_models/macros/facts_build.sql).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -42,8 +40,7 @@ from dagster import (
 )
 
 from pipelines.checks import DAYS_WRITTEN
-from pipelines.dbt import BUILD_LOCK_WAIT_S, DAILY_ASSETS, WHOLE_ASSETS
-from pipelines.facts import MARK_ENV, RUN_MARKS, FactsCatalog, attach, mark_build
+from pipelines.dbt import FACTS_ASSETS
 
 FACTS_SENSOR = "fleet_facts_after_raw"
 NEIGHBOUR_DAYS = 1
@@ -52,7 +49,6 @@ PAGE = 1000
 _DAY_FOLDER = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
-_DBT_STEP = re.compile(rf"^({DAILY_ASSETS}|{WHOLE_ASSETS})(_\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -192,61 +188,6 @@ def build_facts_sensor(
     return fleet_facts_after_raw
 
 
-@contextlib.contextmanager
-def facts_run(catalog: FactsCatalog, log: Callable[[str], None]) -> Iterator[None]:
-    """One build for everything inside: the catalog's build lock held throughout (a file
-    catalog's; the kernel drops it if the run is killed), and the dbt steps told not to lock or
-    mark themselves (`MARK_ENV`; step processes inherit it)."""
-    before = os.environ.get(MARK_ENV)
-    os.environ[MARK_ENV] = RUN_MARKS
-    try:
-        with catalog.build_lock(BUILD_LOCK_WAIT_S) as waited:
-            if waited >= 1:
-                log(f"waited {waited:.0f}s for another build of the facts")
-            yield
-    finally:
-        if before is None:
-            os.environ.pop(MARK_ENV, None)
-        else:
-            os.environ[MARK_ENV] = before
-
-
-def mark_run(catalog: FactsCatalog, run_id: str) -> None:
-    """The marker commit of a run whose every dbt step succeeded."""
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        attach(con, catalog, read_only=False)
-        mark_build(con, f"dagster run {run_id}")
-    finally:
-        con.close()
-
-
-def wrap_facts_runs(plan_context: Any, execution_plan: Any, events: Iterator[Any]) -> Iterator[Any]:
-    """The executor's wrap (pipelines/runs.py) of a run that builds dbt models: `facts_run`
-    around it, and the marker once all its dbt steps succeeded."""
-    steps = {key for key in execution_plan.step_keys_to_execute if _DBT_STEP.match(key)}
-    if not steps:
-        yield from events
-        return
-    catalog = FactsCatalog.from_settings()
-    succeeded: set[str] = set()
-    with facts_run(catalog, plan_context.log.info):
-        for event in events:
-            if event.is_step_success and event.step_key in steps:
-                succeeded.add(event.step_key)
-            yield event
-        if succeeded == steps:
-            mark_run(catalog, plan_context.run_id)
-            plan_context.log.info("facts build complete: new readers see it")
-        else:
-            plan_context.log.warning(
-                f"facts build incomplete ({len(succeeded)} of {len(steps)} dbt steps "
-                "succeeded): readers keep the previous complete build"
-            )
-
-
 def build_facts(
     instance: DagsterInstance, first: date | None = None, last: date | None = None
 ) -> tuple[bool, str]:
@@ -273,18 +214,14 @@ def build_facts(
     if not ranges:
         return False, f"{first}..{last} has no daily partition (FLEET_START_DATE..today)"
     span = DayRange(ranges[0].first, ranges[-1].last)
-    catalog = FactsCatalog.from_settings()
-    with facts_run(catalog, print):
-        result = materialize(
-            list(defs.assets),
-            resources=defs.resources,
-            selection=[k for a in dbt for k in a.keys],
-            tags=span.tags(),
-            instance=instance,
-            raise_on_error=False,
-        )
-        if result.success:
-            mark_run(catalog, result.run_id)
+    result = materialize(
+        list(defs.assets),
+        resources=defs.resources,
+        selection=[k for a in dbt for k in a.keys],
+        tags=span.tags(),
+        instance=instance,
+        raise_on_error=False,
+    )
     if result.success:
         return True, f"facts built for {span} (run {result.run_id})"
     failed = [e.step_key for e in result.get_step_failure_events()]
@@ -292,4 +229,4 @@ def build_facts(
 
 
 def _is_dbt(assets: AssetsDefinition) -> bool:
-    return assets.op.name in {DAILY_ASSETS, WHOLE_ASSETS}
+    return assets.op.name == FACTS_ASSETS

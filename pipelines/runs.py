@@ -15,19 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from dagster import (
-    DefaultRunLauncher,
-    Executor,
-    ExecutorDefinition,
-    executor,
-    multi_or_in_process_executor,
-)
+from dagster import DefaultRunLauncher, Executor, executor, multi_or_in_process_executor
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -74,24 +68,16 @@ class _Heart:
             self._stamp()
 
 
-RunWrap = Callable[[Any, Any, Iterator[Any]], Iterator[Any]]
-"""Wraps a run's event stream in its own process: (plan_context, execution_plan, events)."""
-
-
 class HeartbeatExecutor(Executor):
     """Dagster's own executor (multiprocess, or in-process when configured), plus the heartbeat
-    of the run it executes and the run-wide wraps of the code location (the facts build's)."""
+    of the run it executes."""
 
-    def __init__(self, inner: Executor, wraps: Sequence[RunWrap] = ()) -> None:
+    def __init__(self, inner: Executor) -> None:
         self._inner = inner
-        self._wraps = tuple(wraps)
 
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
         with _Heart(plan_context.instance, plan_context.run_id):
-            events = self._inner.execute(plan_context, execution_plan)
-            for wrap in self._wraps:
-                events = wrap(plan_context, execution_plan, events)
-            yield from events
+            yield from self._inner.execute(plan_context, execution_plan)
 
     @property
     def retries(self) -> Any:
@@ -102,21 +88,15 @@ class HeartbeatExecutor(Executor):
         return self._inner.step_dependency_config
 
 
-def fleet_executor(*wraps: RunWrap) -> ExecutorDefinition:
+@executor(
+    name="fleet_executor",
+    config_schema=multi_or_in_process_executor.config_schema,
+    requirements=multi_or_in_process_executor.get_requirements,
+)
+def fleet_executor(init_context: Any) -> Executor:
     """The default executor, configured the same way (`multiprocess` / `in_process`), with a
-    heartbeat so that run monitoring can tell a dead run from a long one, and `wraps` around
-    every run."""
-
-    @executor(
-        name="fleet_executor",
-        config_schema=multi_or_in_process_executor.config_schema,
-        requirements=multi_or_in_process_executor.get_requirements,
-    )
-    def _fleet_executor(init_context: Any) -> Executor:
-        inner = multi_or_in_process_executor.executor_creation_fn(init_context)
-        return HeartbeatExecutor(inner, wraps)
-
-    return _fleet_executor
+    heartbeat so that run monitoring can tell a dead run from a long one."""
+    return HeartbeatExecutor(multi_or_in_process_executor.executor_creation_fn(init_context))
 
 
 def heartbeat_age_s(tags: Mapping[str, str], now: datetime | None = None) -> float | None:

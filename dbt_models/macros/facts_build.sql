@@ -3,8 +3,7 @@
     catalog as of the newest marker, so they never see a build half done; a failed or killed
     build leaves none, and readers keep the previous build. The row records what was built. -#}
 {% macro mark_facts_build(results) %}
-    {%- if not execute or flags.WHICH not in ['build', 'run', 'seed']
-          or env_var('FLEET_FACTS_MARK', 'dbt') == 'run' -%}
+    {%- if not execute or flags.WHICH not in ['build', 'run', 'seed'] -%}
         {{ return('') }}
     {%- endif -%}
     {%- set models = [] -%}
