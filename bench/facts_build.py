@@ -6,10 +6,9 @@ hard-linked copy of it gets one day re-landed: every raw file of that day rewrit
 trip's `kms` changed. Both builds read that same lake through one symlink:
 
 * new: the DuckLake catalog (FLEET_FACTS_CATALOG / FLEET_FACTS_DATA_PATH), dbt run as a Dagster
-  run of every fact asset runs it: one `dbt build` per step of Dagster's execution plan (the
-  daily and unpartitioned asset definitions split in dependency order), each with the step's
-  `--select`, `dbt_build_args` (`--event-time-start/--event-time-end` of the run's days) and
-  `dbt_env`. Full build: every day of the lake into a fresh catalog. One-day update: the
+  run of every fact asset runs it: one `dbt build` per step of Dagster's execution plan (one
+  step: daily and unpartitioned models are one asset definition), with the step's `--select`,
+  `dbt_build_args` (`--event-time-start/--event-time-end` of the run's days) and `dbt_env`. Full build: every day of the lake into a fresh catalog. One-day update: the
   re-landed day only (start = that day, end = the next), unpartitioned models included, as a
   run of that one partition does; then, for information, the facts sensor's run for that
   day (the day either side too).
@@ -331,7 +330,7 @@ class OldBuild:
 
     def build(self, name: str) -> Build:
         drop = ("FLEET_FACTS_CATALOG", "FLEET_FACTS_DATA_PATH", "FLEET_FACTS_DBT_THREADS")
-        with environ(self.env, drop=(*drop, "DBT_INDIRECT_SELECTION")):
+        with environ(self.env, drop=drop):
             log = self.logs / f"{name}.log"
             return Build(name, [run_dbt(self.cli, "build", OLD_BUILD_ARGS, log, self.limit_s)])
 
@@ -546,7 +545,7 @@ def run_scale(scale: Scale, root: Path, args: argparse.Namespace) -> Outcome:
     if not args.skip_old:
         old_dir = old_project(world, root / "old")
         env = old_env(lake, old_db, root / "old")
-        drop = ("FLEET_FACTS_CATALOG", "FLEET_FACTS_DATA_PATH", "DBT_INDIRECT_SELECTION")
+        drop = ("FLEET_FACTS_CATALOG", "FLEET_FACTS_DATA_PATH")
         parses.append(start_parse(old_dir, env, drop, logs / "parse-old.log"))
 
     landing: Landing = in_child(land_lakes, spec, initial)
