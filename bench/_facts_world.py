@@ -63,8 +63,6 @@ from pipelines.sources.metrotec.extract import extract_range, quarantine_table, 
 
 RUN_AT = dtime(4, 0)
 """When the daily landings run (UTC): after AVL's 03:15 and Metrotec's 03:45 schedules."""
-REPULL_DAYS = 2
-"""AVL and Metrotec schedules re-pull the last 2 complete days (their assets' REPULL_DAYS)."""
 KT1_EMPTY_POLL_S = 0.2
 """Server long poll and client expectation when the stream is empty (the real API: 45 s)."""
 AUTOPI_VERIFY_TRIPS = 12
@@ -81,7 +79,8 @@ class Sampling:
 
 @dataclass(frozen=True)
 class FleetSpec:
-    """One bench size: its world lands `days` days first, then one update day."""
+    """One bench size: the lake holds `days` days; the world runs one day further (the day the
+    landing runs on), as the daily schedules see it."""
 
     seed: int
     vehicles: int
@@ -98,7 +97,7 @@ class FleetSpec:
 
 @dataclass
 class Fleet:
-    """The world of one bench size and the days it lands: `days` first, then `update_day`."""
+    """The world of one bench size: the `days` it lands, then `update_day`, not landed."""
 
     world: World
     sampling: Sampling
@@ -307,17 +306,6 @@ def drain_kt1(lake: Lake, sims: Simulators) -> None:
         drain_stream(client, lake, budget_s=24 * 3600.0)
 
 
-def skip_kt1(sims: Simulators) -> None:
-    """Acknowledge, without landing, what the stream queued by now: the state an earlier drain
-    of this world left it in (used when the initial lake is reused)."""
-    server = sims.kt1()
-    client = Kt1Client("http://kt1.sim", token=server.token, long_poll_s=KT1_EMPTY_POLL_S)
-    with connected(client, server):
-        while (batch := client.next_batch()) is not None:
-            if batch.batch_id:
-                client.acknowledge(batch.batch_id)
-
-
 def autopi_exports(sims: Simulators, ready_after: datetime, ready_by: datetime) -> list[str]:
     """Trip ids whose export became ready in (ready_after, ready_by]: what one drain lands."""
     world = sims.fleet.world
@@ -476,58 +464,32 @@ def land_initial(sims: Simulators, lake: Lake, workers: int = 2) -> dict[str, fl
     return seconds
 
 
-def land_update(sims: Simulators, lake: Lake) -> dict[str, float]:
-    """What the daily schedules land the morning after the fleet's `update_day`, through the
-    real paths (AutoPi's `land_export` too); seconds per source.
-
-    AVL and Metrotec re-pull the last two days (yesterday's partitions are replaced), kt1
-    drains what was queued since the last drain, AutoPi lands the exports finished since then.
-    """
-    fleet = sims.fleet
-    before, sims.clock.now = sims.clock.now, fleet.run_at(fleet.update_day)
-    repull = fleet.world.day_range()[-REPULL_DAYS:]
-    seconds: dict[str, float] = {}
-
-    def timed(source: str, land: Callable[[], None]) -> None:
-        started = time.perf_counter()
-        land()
-        seconds[source] = time.perf_counter() - started
-
-    timed("avl", lambda: land_avl(lake, sims, repull))
-    timed("metrotec", lambda: land_metrotec(lake, sims, repull))
-    timed("kt1", lambda: drain_kt1(lake, sims))
-    trip_ids = autopi_exports(sims, before, sims.clock.now)
-    timed("autopi", lambda: land_autopi(lake, sims.autopi, trip_ids))
-    return seconds
-
-
-# --- both lakes of one size ----------------------------------------------------------------
+# --- the lake of one size, and a day of it re-landed ----------------------------------------
 
 LANDED = ".landed.json"
-"""Written into the initial lake once it is complete: the spec it was landed for."""
+"""Written into the lake once it is complete: the spec it was landed for."""
 
 
 @dataclass
 class Landing:
-    """What landing one size's two lakes took (seconds per source); `initial` is empty when an
-    earlier run's initial lake was reused."""
+    """What landing one size's lake took (seconds per source); empty when an earlier run's lake
+    was reused."""
 
     trips: int
     world_s: float
     initial: dict[str, float]
     initial_s: float
-    update: dict[str, float]
-    update_s: float
 
 
-def land_lakes(spec: FleetSpec, initial: Path, update: Path) -> Landing:
-    """The initial lake (unless `initial` already holds one landed for `spec`), then `update`:
-    a hard-linked copy of it plus the update day. Lake writes replace files by rename, never in
-    place, so landing into the copy leaves the initial lake as it was.
+def land_lakes(spec: FleetSpec, initial: Path) -> Landing:
+    """The lake of `spec`'s first `days` days, unless `initial` already holds one landed for it.
 
     Run it in a child process (`in_child`): the world and simulators take gigabytes that must
     not stay resident beside DuckDB during the builds.
     """
+    marker = initial / LANDED
+    if marker.exists() and marker.read_text() == spec.as_json():
+        return Landing(0, 0.0, {}, 0.0)
     skip_fsync()
     started = time.perf_counter()
     world = spec.world()
@@ -536,28 +498,52 @@ def land_lakes(spec: FleetSpec, initial: Path, update: Path) -> Landing:
     fleet = Fleet(world, spec.sampling)
     world_s = time.perf_counter() - started
     sims = Simulators(fleet)
-    marker = initial / LANDED
-    reuse = marker.exists() and marker.read_text() == spec.as_json()
-    seconds: dict[str, float] = {}
     try:
         started = time.perf_counter()
-        if reuse:
-            skip_kt1(sims)
-        else:
-            shutil.rmtree(initial, ignore_errors=True)
-            seconds = land_initial(sims, Lake(initial))
-            marker.write_text(spec.as_json())
-        initial_s = time.perf_counter() - started
-        started = time.perf_counter()
-        shutil.rmtree(update, ignore_errors=True)
-        shutil.copytree(
-            initial, update, copy_function=os.link, ignore=shutil.ignore_patterns(LANDED)
-        )
-        updated = land_update(sims, Lake(update))
-        update_s = time.perf_counter() - started
+        shutil.rmtree(initial, ignore_errors=True)
+        seconds = land_initial(sims, Lake(initial))
+        marker.write_text(spec.as_json())
     finally:
         sims.close()
-    return Landing(len(world.trips()), world_s, seconds, initial_s, updated, update_s)
+    return Landing(len(world.trips()), world_s, seconds, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class Relanded:
+    """A day of the lake re-landed: its files rewritten, one AVL trip's `kms` changed."""
+
+    day: date
+    files: int
+    device_name: str
+    trip_start: datetime
+    kms: float  # the new value
+
+
+def reland_day(initial: Path, changed: Path, day: date) -> Relanded:
+    """`changed`: a hard-linked copy of `initial` whose `day` folders (every raw table) hold
+    new files, as a re-landing writes them (same names, a temp file renamed over each, so new
+    modification times), equal to the old but for one AVL trip, whose `kms` grows by 1.5.
+    Renames break the hard links: `initial` stays as it was."""
+    shutil.rmtree(changed, ignore_errors=True)
+    shutil.copytree(initial, changed, copy_function=os.link, ignore=shutil.ignore_patterns(LANDED))
+    files = sorted(changed.glob(f"*/*/day={day.isoformat()}/*.parquet"))
+    trip: tuple[str, datetime, float] | None = None
+    for path in files:
+        table = pq.read_table(path)
+        if path.parent.parent.name == "trips" and path.parent.parent.parent.name == "avl":
+            rows = table.to_pylist()
+            first = min(
+                range(len(rows)), key=lambda i: (rows[i]["device_name"], rows[i]["trip_start"])
+            )
+            rows[first]["kms"] = (rows[first]["kms"] or 0.0) + 1.5
+            trip = (rows[first]["device_name"], rows[first]["trip_start"], rows[first]["kms"])
+            table = pa.Table.from_pylist(rows, schema=table.schema)
+        staged = path.with_name(path.name + ".tmp")
+        pq.write_table(table, staged)
+        staged.replace(path)
+    if trip is None:
+        raise RuntimeError(f"no AVL trips landed on {day}: choose another day")
+    return Relanded(day, len(files), *trip)
 
 
 def in_child(work: Callable[..., Any], *args: Any) -> Any:

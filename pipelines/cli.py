@@ -235,8 +235,13 @@ def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list
             None,
             autopi_assets.summary_line,
         ),
+        # What `fleet facts build --from first --to last` runs: the fact assets, these days.
         DemoStep(
-            "dbt-build", "dbt build (staging, facts, marts)", dbt_selection, None, lambda r: ""
+            "dbt-build",
+            "facts build (staging, facts, marts by day)",
+            dbt_selection,
+            day_range,
+            lambda r: "",
         ),
     ]
 
@@ -400,6 +405,30 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_facts_build(args: argparse.Namespace) -> int:
+    """Build the fact partitions of a day range (default: every day with raw data) in one
+    Dagster run recorded in DAGSTER_HOME; one line, non-zero on failure."""
+    from dagster import DagsterInstance
+
+    from pipelines.facts_build import build_facts
+
+    try:
+        first = date.fromisoformat(args.from_day) if args.from_day else None
+        last = date.fromisoformat(args.to_day) if args.to_day else None
+    except ValueError as exc:
+        print(f"fleet facts build: {exc} (want YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    if first and last and last < first:
+        print(f"fleet facts build: --to {last} is before --from {first}", file=sys.stderr)
+        return 2
+    log = Path(os.environ.get("FLEET_LOG_DIR", "data/logs")) / "facts-build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        ok, line = build_facts(DagsterInstance.get(), first, last)
+    print(line if ok else f"{line} (log: {log})", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -446,6 +475,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     reexport.add_argument("trip_ids", nargs="+", metavar="TRIP_ID")
     reexport.add_argument("--wait", type=float, default=900.0, help="seconds to wait for exports")
     reexport.set_defaults(func=cmd_autopi_reexport)
+
+    facts = sub.add_parser("facts", help="the facts (dbt models) by UTC day")
+    facts_sub = facts.add_subparsers(dest="facts_command", required=True)
+    build = facts_sub.add_parser(
+        "build", help="build the facts of every day with raw data, or of --from..--to"
+    )
+    build.add_argument("--from", dest="from_day", metavar="YYYY-MM-DD")
+    build.add_argument("--to", dest="to_day", metavar="YYYY-MM-DD")
+    build.set_defaults(func=cmd_facts_build)
 
     sql = sub.add_parser("sql", help="query the facts (as of the last complete build)")
     sql.add_argument("query")

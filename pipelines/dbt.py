@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import date, timedelta
+from datetime import UTC, date, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +15,23 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetsDefinition,
-    AssetSelection,
     AssetSpec,
     AutomationCondition,
-    AutomationConditionSensorDefinition,
+    BackfillPolicy,
     Config,
-    DefaultSensorStatus,
     FreshnessPolicy,
     MetadataValue,
     Output,
+    PartitionsDefinition,
+    TimeWindow,
 )
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from pipelines.checks import LAKE_DAYS_CHECK, describe_days, missing_lake_days
 from pipelines.facts import FactsCatalog
+from pipelines.facts import connect as facts_connect
 from pipelines.facts import dbt_env as facts_dbt_env
 from pipelines.lake import Lake
-from pipelines.sources.kt1.assets import ASSET_KEYS as KT1_KEYS
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_models"
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
@@ -78,41 +78,31 @@ FACTS_FRESHNESS = FreshnessPolicy.time_window(
 """Marts are rebuilt at least daily (AVL 03:15, Metrotec 03:45 UTC, kt1 and AutoPi as they
 land): 26 h without a build means a daily load was missed, 30 h that it is not coming."""
 
-BUILD_MARKER = AssetKey(["fleet_daily"])
-"""Part of every automated dbt build (this automation's, kt1_dbt_after_drain's; a build of
-Metrotec stops alone aside): a build in progress holds the catalog's one writer slot, so the
-automation starts no second one beside it."""
-
-AUTOMATION_SENSOR = "fleet_facts_automation"
+FACTS_ASSETS = "fleet_dbt_models"
 
 
-def facts_automation_condition() -> AutomationCondition:
-    """Build a dbt model when a parent was updated (or its SQL changed), like `eager()`, but
-    fit for this graph:
-
-    * raw parents never count as missing: daily-partitioned raw assets have days nobody pulled
-      (eager would then wait forever), and staging reads an empty lake table as no rows;
-      missing dbt parents still hold a model back, so it never builds over a half-built file;
-    * kt1 drains are ignored: `kt1_dbt_after_drain` builds after the drains that landed items
-      (every 5-minute drain materializes, most land nothing); counting them here as well
-      would build twice;
-    * nothing starts while any parent, the model, or another dbt build is in progress.
-    """
-    return (
-        (
-            AutomationCondition.any_deps_updated().ignore(AssetSelection.assets(*KT1_KEYS.values()))
-            | AutomationCondition.code_version_changed()
-        ).since_last_handled()
-        & ~AutomationCondition.any_deps_missing().ignore(AssetSelection.key_prefixes("raw"))
-        & ~AutomationCondition.any_deps_in_progress()
-        & ~AutomationCondition.in_progress()
-        & ~AutomationCondition.asset_matches(BUILD_MARKER, AutomationCondition.in_progress())
-    ).with_label("facts_after_raw_lands")
+def daily_models(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """Model name -> event_time of the daily models: those with an `event_time` config (the
+    column that puts a row in its UTC day; dbt_models/macros/fleet_days.sql)."""
+    return {
+        node["name"]: node["config"]["event_time"]
+        for node in manifest["nodes"].values()
+        if node["resource_type"] == "model" and node["config"].get("event_time")
+    }
 
 
 class FleetDbtTranslator(DagsterDbtTranslator):
-    """dbt sources become the raw assets that land them; models are grouped by layer, built
-    when their raw data lands, and the marts carry a freshness policy."""
+    """dbt sources become the raw assets that land them; models are grouped by layer, the daily
+    ones (`daily`) take the daily partitions, and the marts carry a freshness policy. No
+    automation condition: the facts sensor (pipelines/facts_build.py) requests the days raw data
+    was written to."""
+
+    def __init__(
+        self, daily: Mapping[str, str] | None = None, partitions: PartitionsDefinition | None = None
+    ) -> None:
+        super().__init__()
+        self._daily = daily or {}
+        self._partitions = partitions
 
     def get_asset_spec(
         self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
@@ -128,6 +118,8 @@ class FleetDbtTranslator(DagsterDbtTranslator):
             "seeds" if props["resource_type"] == "seed" else "dbt",
         )
         spec = spec.replace_attributes(group_name=f"dbt_{layer}")
+        if props["name"] in self._daily and self._partitions is not None:
+            spec = spec.replace_attributes(partitions_def=self._partitions)
         if layer == "marts":
             spec = spec.replace_attributes(freshness_policy=FACTS_FRESHNESS)
         return spec
@@ -135,9 +127,7 @@ class FleetDbtTranslator(DagsterDbtTranslator):
     def get_automation_condition(
         self, dbt_resource_props: Mapping[str, Any]
     ) -> AutomationCondition | None:
-        if dbt_resource_props["resource_type"] == "source":
-            return None  # sources are the raw assets; their own schedules and sensors land them
-        return facts_automation_condition()
+        return None
 
 
 def dbt_env(lake_dir: Path, catalog: FactsCatalog) -> dict[str, str]:
@@ -161,32 +151,26 @@ def default_memory_limit() -> str:
 
 
 class FactsBuildConfig(Config):
-    """Run config of a facts build. By default a build rebuilds what new raw data touched (the
-    AutoPi datapoint models are incremental per trip); these rebuild more, e.g. after a dbt
-    var such as `autopi_idle_min_s` changed."""
+    """Run config of a facts build: which days is the run's partition range (the UI's or the
+    CLI's backfill, the facts sensor's requests), never config."""
 
-    from_day: str | None = None  # YYYY-MM-DD: rebuild trips of UTC days from here ...
-    to_day: str | None = None  # ... to here (default: from_day)
-    full_refresh: bool = False  # rebuild every incremental model from scratch
     # dbt unit tests check the models' SQL, which only a code change can break: `make test`
     # and CI run them, and dbt advises against them in production; set this to run them too.
     unit_tests: bool = False
 
 
-def dbt_build_args(config: FactsBuildConfig) -> list[str]:
-    """`dbt build` arguments for a run config; raises ValueError on a malformed day."""
+def dbt_build_args(config: FactsBuildConfig, window: TimeWindow | None = None) -> list[str]:
+    """`dbt build` arguments: a daily run passes its partitions' time window as dbt's own
+    `--event-time-start/--event-time-end` (UTC midnights; see macros/fleet_days.sql)."""
     args = ["build"]
     if not config.unit_tests:
         args += ["--exclude-resource-type", "unit_test"]
-    if config.full_refresh:
-        args.append("--full-refresh")
-    if config.from_day or config.to_day:
-        first = date.fromisoformat(config.from_day or config.to_day or "")
-        last = date.fromisoformat(config.to_day or config.from_day or "")
-        if last < first:
-            raise ValueError(f"to_day {last} is before from_day {first}")
-        window = {"fleet_from_day": first.isoformat(), "fleet_to_day": last.isoformat()}
-        args += ["--vars", json.dumps(window)]
+    if window is not None:
+        for flag, at in (("--event-time-start", window.start), ("--event-time-end", window.end)):
+            utc = at.astimezone(UTC)
+            if utc.time() != time(0):
+                raise ValueError(f"{flag} {utc.isoformat()} is not a UTC midnight")
+            args += [flag, utc.strftime("%Y-%m-%dT%H:%M:%S")]
     return args
 
 
@@ -198,28 +182,95 @@ BUILD_LOCK_WAIT_S = 3600.0
 """How long a build waits for another build (or maintenance) on the same catalog file."""
 
 
-def build_dbt_assets(lake_dir: Path, catalog: FactsCatalog) -> Any:
-    ensure_manifest()
+def build_dbt_assets(
+    lake_dir: Path, catalog: FactsCatalog, partitions: PartitionsDefinition
+) -> list[AssetsDefinition]:
+    """The dbt project as one asset definition: the daily models partitioned like the raw daily
+    assets (so a raw day maps to the same fact day), the models without a day (seeds,
+    identities, dim_vehicles, snapshot views) unpartitioned. One op, so a run is one step and
+    one `dbt build` over its partition range: one commit of the catalog's marker, one start-up."""
+    manifest_path = ensure_manifest()
+    daily = daily_models(json.loads(manifest_path.read_text()))
 
     @dbt_assets(
-        manifest=dbt_project.manifest_path,
+        manifest=manifest_path,
         project=dbt_project,
-        dagster_dbt_translator=FleetDbtTranslator(),
-        name="fleet_dbt_models",
+        dagster_dbt_translator=FleetDbtTranslator(daily, partitions),
+        name=FACTS_ASSETS,
+        backfill_policy=BackfillPolicy.single_run(),
         pool=FACTS_POOL,
     )
     def fleet_dbt_models(
         context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig
     ) -> Iterator[Any]:
         os.environ.update(dbt_env(lake_dir, catalog))
+        window = context.partition_time_window if context.has_partition_key_range else None
         missing = warn_missing_lake_days(context, Lake(lake_dir))
         with catalog.build_lock(BUILD_LOCK_WAIT_S) as waited:
             if waited >= 1:
                 context.log.info(f"waited {waited:.0f}s for another build of the facts")
-            events = dbt.cli(dbt_build_args(config), context=context).stream()
+            events = dbt.cli(dbt_build_args(config, window), context=context).stream()
+            if window is not None:
+                events = with_rows_by_day(context, events, catalog, daily, window)
             yield from with_missing_lake_days(context, events, missing)
 
-    return fleet_dbt_models
+    return [fleet_dbt_models]
+
+
+def with_rows_by_day(
+    context: AssetExecutionContext,
+    events: Iterable[Any],
+    catalog: FactsCatalog,
+    daily: Mapping[str, str],
+    window: TimeWindow,
+) -> Iterator[Any]:
+    """dbt's events, each daily table's output carrying `rows_by_day` (its rows per UTC day of
+    the run's days, 0 for a day without any) and `rows` (their sum): what every partition of
+    the range now holds, on the partition's own materialization."""
+    first = window.start.astimezone(UTC).date()
+    days = [first + timedelta(days=i) for i in range((window.end - window.start).days)]
+    con = None
+    try:
+        for event in events:
+            if isinstance(event, Output):
+                name = context.asset_key_for_output(event.output_name).path[-1]
+                if name in daily:
+                    if con is None:
+                        con = facts_connect(read_only=True, catalog=catalog, latest=True)
+                    counts = count_rows_by_day(con, name, daily[name], days)
+                    if counts is not None:
+                        event = event.with_metadata(
+                            {
+                                **event.metadata,
+                                "rows": MetadataValue.int(sum(counts.values())),
+                                "rows_by_day": MetadataValue.json(counts),
+                            }
+                        )
+            yield event
+    finally:
+        if con is not None:
+            con.close()
+
+
+def count_rows_by_day(
+    con: Any, model: str, event_time: str, days: list[date]
+) -> dict[str, int] | None:
+    """Rows per UTC day of `days` in a daily table; None for a view (counting would run it)."""
+    kind = con.execute(
+        "select table_type from information_schema.tables "
+        "where table_catalog = 'facts' and table_schema = 'main' and table_name = ?",
+        [model],
+    ).fetchone()
+    if kind is None or kind[0] != "BASE TABLE":
+        return None
+    day = event_time if event_time == "day" else f"cast({event_time} at time zone 'UTC' as date)"
+    rows = con.execute(
+        f"select {day}, count(*) from facts.main.{model} "
+        f"where {day} >= ? and {day} <= ? group by 1",
+        [days[0], days[-1]],
+    ).fetchall()
+    found = {d.isoformat(): n for d, n in rows}
+    return {d.isoformat(): found.get(d.isoformat(), 0) for d in days}
 
 
 def warn_missing_lake_days(context: AssetExecutionContext, lake: Lake) -> dict[AssetKey, str]:
@@ -275,19 +326,3 @@ def with_missing_lake_days(
                 {**event.metadata, "missing_lake_days": MetadataValue.json(gaps)}
             )
         yield event
-
-
-def build_facts_automation_sensor(
-    dbt_models: AssetsDefinition,
-) -> AutomationConditionSensorDefinition:
-    """The sensor that evaluates the dbt models' conditions (on by default: it only acts on
-    new raw data, and the demo and tests run in process without it)."""
-    return AutomationConditionSensorDefinition(
-        AUTOMATION_SENSOR,
-        target=AssetSelection.assets(dbt_models),
-        default_status=DefaultSensorStatus.RUNNING,
-        description=(
-            "Builds the dbt models after raw AVL, AutoPi or Metrotec data lands (kt1: the "
-            "kt1_dbt_after_drain sensor), one build at a time."
-        ),
-    )

@@ -5,8 +5,9 @@ import logging
 from dagster import DailyPartitionsDefinition, Definitions
 
 from pipelines.checks import build_raw_checks
-from pipelines.dbt import build_dbt_assets, build_facts_automation_sensor, dbt_resource
+from pipelines.dbt import build_dbt_assets, dbt_resource
 from pipelines.facts import FactsCatalog
+from pipelines.facts_build import build_facts_sensor
 from pipelines.facts_maintenance import facts_maintenance, facts_maintenance_schedule
 from pipelines.resources import LakeResource
 from pipelines.runs import check_instance, fleet_executor
@@ -48,16 +49,18 @@ def build_defs(settings: FleetSettings | None = None) -> Definitions:
     partitions = daily_partitions(settings)
     for warning in settings.retired_warnings():
         log.warning(warning)
-    dbt_models = build_dbt_assets(settings.lake_dir, FactsCatalog.from_settings(settings))
+    dbt_models = build_dbt_assets(
+        settings.lake_dir, FactsCatalog.from_settings(settings), partitions
+    )
     return Definitions.merge(
         build_avl_defs(partitions),
         build_autopi_defs(),
         build_kt1_defs(),
         build_metrotec_defs(partitions),
         Definitions(
-            assets=[dbt_models],
+            assets=dbt_models,
             asset_checks=build_raw_checks(),
-            sensors=[build_facts_automation_sensor(dbt_models)],
+            sensors=[build_facts_sensor(dbt_models, partitions)],
             jobs=[facts_maintenance],
             schedules=[facts_maintenance_schedule],
             resources=build_resources(settings),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import tempfile
@@ -255,6 +256,28 @@ def last_build(con: duckdb.DuckDBPyConnection) -> int | None:
         [BUILD_MESSAGE],
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def mark_build(con: duckdb.DuckDBPyConnection, by: str, models: int = 0) -> None:
+    """Write a marker commit: readers open the catalog as of the newest one. A dbt build writes
+    its own (dbt_models/macros/facts_build.sql); maintenance writes one after compacting."""
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {ALIAS}.fleet_build")
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {ALIAS}.fleet_build.builds "
+        "(invocation_id VARCHAR, finished_at TIMESTAMPTZ, models INTEGER)"
+    )
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            f"CALL {ALIAS}.set_commit_message('fleet-pipelines', ?, extra_info => ?)",
+            [BUILD_MESSAGE, json.dumps({"by": by, "models": models})],
+        )
+        con.execute(f"INSERT INTO {ALIAS}.fleet_build.builds VALUES (?, now(), ?)", [by, models])
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
 
 
 def connect(

@@ -20,7 +20,7 @@ from dagster import (
     op,
 )
 
-from pipelines.facts import ALIAS, BUILD_MESSAGE, FactsCatalog, FactsError, attach, last_build
+from pipelines.facts import ALIAS, FactsCatalog, FactsError, attach, last_build, mark_build
 from pipelines.locks import Busy
 from pipelines.settings import get_settings
 
@@ -57,7 +57,7 @@ def maintain(
             rewritten = len(con.execute(f"CALL ducklake_rewrite_data_files('{ALIAS}')").fetchall())
             if clean and (merged or rewritten):
                 # Same rows, fewer files: readers may move to the compacted snapshot.
-                _mark(con, "maintenance")
+                mark_build(con, "maintenance")
             kept_since = now - retention
             expired = _expire(con, kept_since)
             deleted = con.execute(
@@ -107,22 +107,6 @@ def _expire(con: duckdb.DuckDBPyConnection, kept_since: datetime) -> int:
     if ids:
         con.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', versions => ?)", [ids])
     return len(ids)
-
-
-def _mark(con: duckdb.DuckDBPyConnection, what: str) -> None:
-    """A marker commit, as a dbt build writes one (dbt_models/macros/facts_build.sql)."""
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {ALIAS}.fleet_build")
-    con.execute(
-        f"CREATE TABLE IF NOT EXISTS {ALIAS}.fleet_build.builds "
-        "(invocation_id VARCHAR, finished_at TIMESTAMPTZ, models INTEGER)"
-    )
-    con.execute("BEGIN TRANSACTION")
-    con.execute(
-        f"CALL {ALIAS}.set_commit_message('fleet-pipelines', ?, extra_info => ?)",
-        [BUILD_MESSAGE, f'{{"by": "{what}"}}'],
-    )
-    con.execute(f"INSERT INTO {ALIAS}.fleet_build.builds VALUES (?, now(), 0)", [what])
-    con.execute("COMMIT")
 
 
 @op(pool="fleet_facts")

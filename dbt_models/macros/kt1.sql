@@ -1,6 +1,7 @@
 {#- kt1's idling events that measured a period (dateStart before dateEnd): int_kt1__idle_periods
-    takes an asset's periods from these when it has any, else from its telemetry. -#}
-{% macro kt1_measured_idling() %}
+    takes an asset's periods from these when it has any, else from its telemetry. `lake_days`:
+    a predicate on the events' lake `day`. -#}
+{% macro kt1_measured_idling(lake_days='true') %}
     select *
     from (
         select
@@ -12,17 +13,7 @@
             lon,
             address
         from {{ ref('stg_kt1__events') }}
-        where event_class = 'idle' and event_type = 'idling'
+        where event_class = 'idle' and event_type = 'idling' and {{ lake_days }}
     )
     where started_at is not null and ended_at > started_at
-{% endmacro %}
-
-{#- Fingerprint of which assets have such events: a change rebuilds every day of
-    int_kt1__idle_periods (macros/lake_days.sql). -#}
-{% macro kt1_idle_evidence_check() %}
-    {%- set query -%}
-        select md5(coalesce(string_agg(distinct asset_id, ',' order by asset_id), ''))
-        from ({{ kt1_measured_idling() }})
-    {%- endset -%}
-    {{ return({'kt1_idling_assets': query}) }}
 {% endmacro %}

@@ -1,92 +1,118 @@
-"""kt1 idle periods are incremental by day: after a drain lands the rest of a day and a new one,
-a build redoes only the days around them and ends where a full build of the same lake does."""
+"""Late kt1 data rebuilds exactly the fact days it touched: a landing of a day ten days back
+makes the facts sensor request that day's partitions and the day either side, no others, and
+after that run every model holds what a full build of the same lake holds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
+import shutil
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetKey, AssetSelection, materialize
-
-from pipelines.definitions import build_defs
-from pipelines.simulator.kt1 import Kt1Server
-from tests.conftest import FleetEnv, facts_connect, facts_env
-from tests.kt1_support import LONG_POLL_S, REDELIVERY_S, TOKEN, run_drain, small_world
-
-PERIODS = "select * from int_kt1__idle_periods order by idle_period_id"
-# The model and every dbt model it reads (not the raw assets: they would drain again).
-KT1_FACTS = AssetSelection.assets(AssetKey(["int_kt1__idle_periods"])).upstream() - (
-    AssetSelection.key_prefixes("raw")
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetRecordsFilter,
+    DagsterInstance,
+    MetadataValue,
+    build_sensor_context,
+    materialize,
 )
 
+from pipelines.definitions import build_defs
+from pipelines.facts_build import FACTS_SENSOR, RANGE_END, RANGE_START
+from tests.conftest import FleetEnv, facts_env
+from tests.facts_compare import differences
+from tests.kt1_support import TABLES, run_drain, small_world, start_server
 
-class _OneAssetWithoutIdlingEvents(Kt1Server):
-    """The first kt1 asset's tracker sends no idling events, so its periods are derived from
-    telemetry runs; the other's are its events."""
-
-    def _in_trip_events(self, device: Any, trip: Any) -> Iterator[tuple[datetime, dict]]:
-        first = min(v.kt1_asset_id for v in self.world.vehicles_of("kt1"))
-        for at, event in super()._in_trip_events(device, trip):
-            if device.vehicle.kt1_asset_id == first and event["eventType"] == "idling":
-                continue
-            yield at, event
+FIRST, LAST = date(2024, 5, 4), date(2024, 5, 15)
+LATE = date(2024, 5, 5)  # ten days before the last
 
 
-def _build(catalog_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in facts_env(catalog_path).items():
-        monkeypatch.setenv(key, value)
+def _build(tags: dict[str, str], instance: DagsterInstance) -> None:
     defs = build_defs()
+    keys = [k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] != "raw"]
     result = materialize(
-        list(defs.assets), resources=defs.resources, selection=KT1_FACTS, raise_on_error=False
+        list(defs.assets),
+        resources=defs.resources,
+        selection=keys,
+        tags=tags,
+        instance=instance,
+        raise_on_error=False,
     )
     assert result.success
 
 
-def _rows(catalog_path: Path, query: str) -> list[tuple]:
-    with facts_connect(catalog_path) as con:
-        return con.execute(query).fetchall()
+def _tick(instance: DagsterInstance, cursor: str | None) -> Any:
+    defs = build_defs()
+    sensor = defs.resolve_sensor_def(FACTS_SENSOR)
+    return sensor.evaluate_tick(
+        build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    )
 
 
-def test_kt1_idle_periods_update_by_day_and_end_as_a_full_build(
+def test_a_late_kt1_day_rebuilds_its_fact_days_only_and_ends_as_a_full_build(
     fleet_env: FleetEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world = small_world(seed=5, days=4)  # 2024-05-12 .. 2024-05-15, two kt1 assets
-    clock = {"now": datetime(2024, 5, 14, 12, 0, tzinfo=UTC)}
-    server = _OneAssetWithoutIdlingEvents(
-        world,
-        token=TOKEN,
-        clock=lambda: clock["now"],
-        long_poll_s=LONG_POLL_S,
-        redelivery_s=REDELIVERY_S,
-        batch_size=200,
-    ).start()
-    try:
-        assert run_drain(server, group_max_batches=50).success  # up to 05-14 noon
-        _build(fleet_env.catalog_path, monkeypatch)
-        first = _rows(fleet_env.catalog_path, PERIODS)
-        clock["now"] = datetime(2024, 5, 16, 12, 0, tzinfo=UTC)
-        assert run_drain(server, group_max_batches=50).success  # the rest of 05-14, and 05-15
-    finally:
-        server.stop()
-    _build(fleet_env.catalog_path, monkeypatch)
-    updated = _rows(fleet_env.catalog_path, PERIODS)
+    monkeypatch.setenv("FLEET_START_DATE", FIRST.isoformat())
+    every_day = {RANGE_START: FIRST.isoformat(), RANGE_END: LAST.isoformat()}
+    held = tmp_path / "held"
+    server = start_server(small_world(seed=5, days=12), batch_size=200)
+    with DagsterInstance.ephemeral() as instance:
+        try:
+            assert run_drain(server, instance=instance).success
+        finally:
+            server.stop()
+        # The late day's items had not arrived when the facts were first built.
+        for table in TABLES:
+            folder = fleet_env.lake_dir / "kt1" / table / f"day={LATE.isoformat()}"
+            if folder.exists():
+                shutil.move(folder, held / table)
+        first = _tick(instance, None)
+        assert len(first.run_requests) == 1  # what the drain wrote, in one range
+        _build(every_day, instance)
+        before = (
+            instance.fetch_materializations(AssetKey(["fct_trips"]), limit=1, ascending=False)
+            .records[0]
+            .storage_id
+        )
 
-    full = tmp_path / "full" / "fleet_catalog.sqlite"
-    _build(full, monkeypatch)
-    assert updated == _rows(full, PERIODS)
+        # A drain lands them: its files, and its materializations' days_written.
+        for table in TABLES:
+            if (held / table).exists():
+                target = fleet_env.lake_dir / "kt1" / table / f"day={LATE.isoformat()}"
+                shutil.move(held / table, target)
+            instance.report_runless_asset_event(
+                AssetMaterialization(
+                    AssetKey(["raw", "kt1", table]),
+                    metadata={"days_written": MetadataValue.json([LATE.isoformat()])},
+                )
+            )
+        late = _tick(instance, first.cursor)
+        (request,) = late.run_requests
+        assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("2024-05-04", "2024-05-06")
+        assert _tick(instance, late.cursor).run_requests == []  # asked once
+        _build(dict(request.tags), instance)
+        rebuilt = {
+            r.asset_materialization.partition
+            for r in instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey(["fct_trips"]), after_storage_id=before),
+                limit=100,
+            ).records
+            if r.asset_materialization is not None
+        }
+        assert rebuilt == {"2024-05-04", "2024-05-05", "2024-05-06"}
 
-    days = {row[-1].isoformat() for row in updated}
-    assert {"2024-05-12", "2024-05-15"} <= days and len(updated) > len(first)
-    # Both kinds of evidence are exercised: an asset with idling events, one without.
-    kinds = _rows(
-        full,
-        "select count(distinct source_vehicle_id) filter (where source_vehicle_id in ("
-        " select source_vehicle_id from stg_kt1__events where event_type = 'idling')),"
-        " count(distinct source_vehicle_id) filter (where source_vehicle_id not in ("
-        " select source_vehicle_id from stg_kt1__events where event_type = 'idling'))"
-        " from int_kt1__idle_periods",
-    )[0]
-    assert kinds[0] >= 1 and kinds[1] >= 1
+    with fleet_env.facts(latest=True) as con:
+        late_rows = con.execute(
+            "select count(*) from stg_kt1__telemetry where day = ?", [LATE]
+        ).fetchone()[0]
+    assert late_rows > 0
+
+    fresh = tmp_path / "full" / "fleet_catalog.sqlite"
+    for key, value in facts_env(fresh).items():
+        monkeypatch.setenv(key, value)
+    with DagsterInstance.ephemeral() as instance:
+        _build(every_day, instance)
+    assert differences(fleet_env.catalog_path, fresh) == {}

@@ -1,50 +1,48 @@
-"""Staging tables are incremental by lake day (dbt_models/macros/lake_days.sql): a build
-re-reads exactly the day folders whose files changed, and ends where a full build does."""
+"""The facts are Dagster partitions by UTC day: materializing one day's partition re-reads and
+rebuilds that day only, records its rows per day, and ends where a full build does."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import time
 from datetime import date
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 from pipelines.definitions import build_defs
 from tests.conftest import FleetEnv, facts_connect, facts_env
+from tests.facts_compare import differences
 
 FIRST, LAST = date(2026, 3, 1), date(2026, 3, 6)
-STAGING = AssetKey(["stg_avl__trips"])
-QUERY = "select * from stg_avl__trips order by avl_trip_id"
+DAY = date(2026, 3, 4)
 PER_DAY = "select day, count(*) from stg_avl__trips group by day"
 
 
-def _land_avl() -> None:
-    defs = build_defs()
-    tags = {
-        "dagster/asset_partition_range_start": FIRST.isoformat(),
-        "dagster/asset_partition_range_end": LAST.isoformat(),
+def _range(first: date, last: date) -> dict[str, str]:
+    return {
+        "dagster/asset_partition_range_start": first.isoformat(),
+        "dagster/asset_partition_range_end": last.isoformat(),
     }
-    raw = AssetKey(["raw", "avl", "trips"])
-    assert materialize(list(defs.assets), resources=defs.resources, selection=[raw], tags=tags)
 
 
-def _build(catalog_path: Path | None = None) -> None:
-    if catalog_path is not None:
-        os.environ.update(facts_env(catalog_path))
+def _run(selection: list[AssetKey], tags: dict[str, str], instance: DagsterInstance) -> None:
     defs = build_defs()
     result = materialize(
-        list(defs.assets), resources=defs.resources, selection=[STAGING], raise_on_error=False
+        list(defs.assets),
+        resources=defs.resources,
+        selection=selection,
+        tags=tags,
+        instance=instance,
+        raise_on_error=False,
     )
     assert result.success
 
 
-def _rows(catalog_path: Path, query: str = QUERY) -> list[tuple]:
-    with facts_connect(catalog_path) as con:
-        return con.execute(query).fetchall()
+def _dbt_keys() -> list[AssetKey]:
+    graph = build_defs().resolve_asset_graph()
+    return [k for k in graph.get_all_asset_keys() if k.path[0] != "raw"]
 
 
 def _day_file(lake: Path, day: date) -> Path:
@@ -52,86 +50,60 @@ def _day_file(lake: Path, day: date) -> Path:
     return path
 
 
-def _age(lake: Path, seconds: float) -> None:
-    """Date every lake file back, as files landed by yesterday's run are."""
-    for path in lake.rglob("*.parquet"):
-        stat = path.stat()
-        os.utime(path, (stat.st_atime - seconds, stat.st_mtime - seconds))
-
-
-def _full_build(env: FleetEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    fresh = tmp_path / "full" / "fleet_catalog.sqlite"
-    for key, value in facts_env(fresh).items():
-        monkeypatch.setenv(key, value)
-    _build()
-    for key, value in facts_env(env.catalog_path).items():
-        monkeypatch.setenv(key, value)
-    return _rows(fresh)
-
-
-def test_a_build_reads_only_changed_days_and_ends_as_a_full_build(
+def test_one_day_partition_rebuilds_that_day_only_and_ends_as_a_full_build(
     avl_env: FleetEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake = avl_env.lake_dir
-    _land_avl()
-    _age(lake, 3600)
-    _build()
-    first = _rows(avl_env.catalog_path)
-    before = dict(_rows(avl_env.catalog_path, PER_DAY))
-    assert all(before.get(date(2026, 3, d), 0) > 0 for d in (2, 4, 5))
+    with DagsterInstance.ephemeral() as instance:
+        _run([AssetKey(["raw", "avl", "trips"])], _range(FIRST, LAST), instance)
+        _run(_dbt_keys(), _range(FIRST, LAST), instance)
+        with avl_env.facts(latest=True) as con:
+            before = dict(con.execute(PER_DAY).fetchall())
+        assert all(before.get(date(2026, 3, d), 0) > 0 for d in (2, 4, 5))
 
-    # Day 2 untouched but unreadable (same name, size and time): a build that read it would fail.
-    untouched = _day_file(lake, date(2026, 3, 2))
-    original, stat = untouched.read_bytes(), untouched.stat()
-    untouched.write_bytes(original[:4] + b"\0" * (len(original) - 8) + original[-4:])
-    os.utime(untouched, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # Day 4 re-landed without its first trip; day 5 removed altogether.
-    changed = _day_file(lake, date(2026, 3, 4))
-    table = pq.read_table(changed)
-    pq.write_table(table.slice(1), changed)
-    shutil.rmtree(lake / "avl" / "trips" / "day=2026-03-05")
+        # Day 2 unreadable: a build that read it would fail. Day 4 re-landed without a trip.
+        unreadable = _day_file(lake, date(2026, 3, 2))
+        original = unreadable.read_bytes()
+        unreadable.write_bytes(b"not parquet")
+        changed = _day_file(lake, DAY)
+        pq.write_table(pq.read_table(changed).slice(1), changed)
 
-    _build()
-    second = _rows(avl_env.catalog_path)
-    days = dict(_rows(avl_env.catalog_path, PER_DAY))
-    assert date(2026, 3, 5) not in days
-    assert days[date(2026, 3, 4)] == before[date(2026, 3, 4)] - 1
-    assert days[date(2026, 3, 2)] == before[date(2026, 3, 2)]  # kept, not re-read
-    assert len(second) == len(first) - 1 - before[date(2026, 3, 5)]
+        _run(_dbt_keys(), _range(DAY, DAY), instance)
+        with avl_env.facts(latest=True) as con:
+            after = dict(con.execute(PER_DAY).fetchall())
+        assert after[DAY] == before[DAY] - 1
+        assert {d: n for d, n in after.items() if d != DAY} == {
+            d: n for d, n in before.items() if d != DAY
+        }
+        event = instance.get_latest_materialization_event(AssetKey(["stg_avl__trips"]))
+        assert event is not None and event.asset_materialization is not None
+        materialization = event.asset_materialization
+        assert materialization.partition == DAY.isoformat()
+        assert materialization.metadata["rows_by_day"].value == {DAY.isoformat(): after[DAY]}
+        unreadable.write_bytes(original)
 
-    untouched.write_bytes(original)
-    os.utime(untouched, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert second == _full_build(avl_env, tmp_path, monkeypatch)
+    # The same lake built whole, into a fresh catalog: every model holds the same rows.
+    fresh = tmp_path / "full" / "fleet_catalog.sqlite"
+    for key, value in facts_env(fresh).items():
+        monkeypatch.setenv(key, value)
+    with DagsterInstance.ephemeral() as instance:
+        _run(_dbt_keys(), _range(FIRST, LAST), instance)
+    with facts_connect(fresh, latest=True) as con:
+        assert con.execute("select count(*) from fct_trips").fetchone()[0] > 0
+    assert differences(avl_env.catalog_path, fresh) == {}
 
 
-def test_a_same_second_rewrite_of_the_same_size_is_still_seen(avl_env: FleetEnv) -> None:
-    """A file rewritten in the second the last build listed it, at the same size, keeps its
-    name, size and (second-resolution) time: the build must not trust that day's listing."""
-    lake = avl_env.lake_dir
-    _land_avl()
-    path = _day_file(lake, date(2026, 3, 3))
-    table = pq.read_table(path)
-    pq.write_table(table, path, compression="none", use_dictionary=False)
-    # Stamp it ahead, so the build lists it within a second of its time, as a build started by
-    # the landing's own automation can; a rewrite later in that second keeps the same time.
-    ahead = time.time_ns() + 120 * 10**9
-    os.utime(path, ns=(ahead, ahead))
-    _build()
-    stat = path.stat()
-    kms = table.column("kms").to_pylist()
-    edited = table.set_column(
-        table.schema.get_field_index("kms"),
-        table.schema.field("kms"),
-        [[k + 1.0 if k is not None else None for k in kms]],
-    )
-    pq.write_table(edited, path, compression="none", use_dictionary=False)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert path.stat().st_size == stat.st_size
-
-    _build()
-    got = _rows(
-        avl_env.catalog_path,
-        "select sum(distance_km) from stg_avl__trips where day = date '2026-03-03'",
-    )[0][0]
-    known = [k for k in kms if k is not None]
-    assert known and got == pytest.approx(sum(known) + len(known))
+def test_a_day_without_raw_data_builds_empty(avl_env: FleetEnv) -> None:
+    """A partition whose lake days are gone (or never landed) holds no rows: its old rows go."""
+    with DagsterInstance.ephemeral() as instance:
+        _run([AssetKey(["raw", "avl", "trips"])], _range(FIRST, LAST), instance)
+        _run(_dbt_keys(), _range(FIRST, LAST), instance)
+        shutil.rmtree(avl_env.lake_dir / "avl" / "trips" / f"day={DAY.isoformat()}")
+        _run(_dbt_keys(), _range(DAY, DAY), instance)
+    with avl_env.facts(latest=True) as con:
+        days = dict(con.execute(PER_DAY).fetchall())
+        trips = con.execute(
+            "select count(*) from fct_trips where cast(started_at at time zone 'UTC' as date) = ?",
+            [DAY],
+        ).fetchone()[0]
+    assert DAY not in days and trips == 0 and len(days) >= 3

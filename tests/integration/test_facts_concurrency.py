@@ -148,9 +148,15 @@ def markers(history: list[Snapshot]) -> list[Snapshot]:
     return [s for s in history if s.message == BUILD_MESSAGE]
 
 
-def build_starts(history: list[Snapshot]) -> list[Snapshot]:
-    """Each build's first commit: its on-run-start hook replaces fleet_build.lake_days."""
-    return [s for s in history if "fleet_build.lake_days" in s.changes.get("tables_created", [])]
+def build_starts(catalog_path: Path, history: list[Snapshot]) -> list[Snapshot]:
+    """Each build's first commit: a build after AVL trips land starts with stg_avl__trips,
+    replacing its days (a delete and an insert in one commit)."""
+    with facts_connect(catalog_path, latest=True) as con:
+        (table_id,) = con.execute(
+            "select table_id from __ducklake_metadata_facts.ducklake_table "
+            "where table_name = 'stg_avl__trips' and end_snapshot is null"
+        ).fetchone()
+    return [s for s in history if str(table_id) in s.changes.get("tables_deleted_from", [])]
 
 
 @contextlib.contextmanager
@@ -176,7 +182,13 @@ def full_build_in_process() -> None:
 
     defs = build_defs()
     selection = AssetSelection.from_string("kind:dbt").without_checks()
-    assert materialize(list(defs.assets), resources=defs.resources, selection=selection).success
+    days = {
+        "dagster/asset_partition_range_start": FIRST_A.isoformat(),
+        "dagster/asset_partition_range_end": LAST_B.isoformat(),
+    }
+    assert materialize(
+        list(defs.assets), resources=defs.resources, selection=selection, tags=days
+    ).success
 
 
 @dataclass
@@ -217,7 +229,14 @@ class Lab:
         """`dagster asset materialize` in its own process group, as an operator starts one."""
         with log.open("wb") as out:
             build = subprocess.Popen(
-                [str(BIN / "dagster"), *MATERIALIZE, "--select", selection],
+                [
+                    str(BIN / "dagster"),
+                    *MATERIALIZE,
+                    "--select",
+                    selection,
+                    "--partition-range",  # the fact days: every day of A and B
+                    f"{FIRST_A}...{LAST_B}",
+                ],
                 cwd=self.work,
                 env=self.env(),
                 stdout=out,
@@ -514,7 +533,7 @@ def test_two_builds_started_at_once_run_one_after_the_other_and_leave_correct_fa
     assert len(waited) == 1, f"expected one build to wait for the other, found {waited}"
     history = [s for s in snapshots(lab.catalog) if s.id > lab.base_marker]
     ends = [s.id for s in markers(history)]
-    starts = [s.id for s in build_starts(history)]
+    starts = [s.id for s in build_starts(lab.catalog, history)]
     assert len(ends) == len(starts) == 2, (starts, ends)
     assert starts[0] < ends[0] < starts[1] < ends[1], "the two builds' commits interleaved"
     assert not differences(read_facts(lab.catalog), lab.reference)

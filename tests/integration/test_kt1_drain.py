@@ -21,7 +21,6 @@ from dagster import (
     DagsterRunStatus,
     ExecuteInProcessResult,
     build_schedule_context,
-    build_sensor_context,
     instance_for_test,
 )
 from dagster._core.storage.dagster_run import DagsterRun
@@ -450,42 +449,3 @@ def test_the_drain_holds_the_kt1_stream_pool(fleet_env) -> None:
     drain = build_defs().resolve_assets_def(AssetKey(["raw", "kt1", "telemetry"]))
     assert drain.op.pool == "kt1_stream"
     assert drain.keys == {AssetKey(["raw", "kt1", t]) for t in TABLES}
-
-
-def test_the_sensor_builds_the_downstream_models_after_a_drain_that_landed_items(
-    world, fleet_env
-) -> None:
-    from pipelines.definitions import build_defs
-
-    defs = build_defs()
-    sensor = defs.resolve_sensor_def("kt1_dbt_after_drain")
-    targets = sensor.asset_selection.resolve(defs.resolve_asset_graph())
-    names = {key.to_user_string() for key in targets}
-    assert {"stg_kt1__telemetry", "int_kt1__idle_periods", "fct_trips", "fct_idle_periods"} <= names
-    assert not any(name.startswith(("raw/", "stg_avl")) for name in names)
-
-    server = start_server(world, batch_size=50)
-    with instance_for_test() as instance:
-        try:
-            assert run_drain(server, instance=instance).success
-            assert run_drain(server, instance=instance).success  # queue empty: nothing new
-        finally:
-            server.stop()
-
-        def tick(cursor: str | None):
-            context = build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
-            return sensor.evaluate_tick(context)
-
-        first = tick(None)
-        assert len(first.run_requests) == 1 and first.cursor
-        again = tick(first.cursor)
-        assert again.run_requests == [] and again.cursor == first.cursor
-
-        empty = start_server(world, now=BEFORE_ANY_DATA)
-        try:
-            assert run_drain(empty, instance=instance).success
-        finally:
-            empty.stop()
-        nothing_new = tick(first.cursor)
-        assert nothing_new.run_requests == [] and int(nothing_new.cursor) > int(first.cursor)
-        assert "nothing new" in (nothing_new.skip_message or "")

@@ -5,7 +5,6 @@ simulator whose checks must stay quiet."""
 import json
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,23 +13,15 @@ import pyarrow as pa
 import pytest
 from dagster import (
     AssetCheckKey,
-    AssetExecutionContext,
     AssetKey,
-    AssetMaterialization,
-    AssetsDefinition,
     AssetSelection,
-    AutomationConditionSensorDefinition,
     BetaWarning,
-    DagsterInstance,
     DefaultSensorStatus,
     Definitions,
     ExecuteInProcessResult,
-    MaterializeResult,
     PreviewWarning,
     SupersessionWarning,
-    evaluate_automation_conditions,
     materialize,
-    multi_asset,
 )
 
 from pipelines.checks import (
@@ -42,7 +33,8 @@ from pipelines.checks import (
     RAW_TABLES,
     build_raw_checks,
 )
-from pipelines.dbt import AUTOMATION_SENSOR, FACTS_FRESHNESS
+from pipelines.dbt import FACTS_FRESHNESS
+from pipelines.facts_build import FACTS_SENSOR
 from pipelines.lake import Lake
 from pipelines.resources import LakeResource
 
@@ -517,14 +509,14 @@ def test_definitions_load_with_every_check_and_without_beta_or_deprecated_apis(f
     assert {k.asset_key for k in lake_days} == raw  # every raw table, none forgotten
 
 
-def test_dbt_models_are_automated_and_the_marts_carry_a_freshness_policy(defs: Definitions) -> None:
+def test_dbt_models_are_built_by_the_facts_sensor_and_the_marts_carry_a_freshness_policy(
+    defs: Definitions,
+) -> None:
     graph = defs.resolve_asset_graph()
     dbt_keys = [k for k in graph.get_all_asset_keys() if k.path[0] != "raw"]
     assert dbt_keys
     for key in dbt_keys:
-        node = graph.get(key)
-        assert node.automation_condition is not None, key
-        assert node.automation_condition.get_label() == "facts_after_raw_lands"
+        assert graph.get(key).automation_condition is None, key  # the facts sensor's business
     marts = {"fct_trips", "fct_fuel_events", "fct_idle_periods", "dim_vehicles", "fleet_daily"}
     for key in dbt_keys:
         policy = graph.get(key).freshness_policy
@@ -534,117 +526,6 @@ def test_dbt_models_are_automated_and_the_marts_carry_a_freshness_policy(defs: D
             assert policy is None, key
     for raw in (k for k in graph.get_all_asset_keys() if k.path[0] == "raw"):
         assert graph.get(raw).automation_condition is None  # schedules and sensors land them
-    sensor = defs.resolve_sensor_def(AUTOMATION_SENSOR)
-    assert isinstance(sensor, AutomationConditionSensorDefinition)
+    sensor = defs.resolve_sensor_def(FACTS_SENSOR)
     assert sensor.default_status == DefaultSensorStatus.RUNNING
     assert sensor.asset_selection.resolve(graph) == set(dbt_keys)
-    assert defs.resolve_sensor_def("kt1_dbt_after_drain")  # still the one that follows drains
-
-
-def _requested(result: Any) -> set[str]:
-    return {r.key.to_user_string() for r in result.results if not r.true_subset.is_empty}
-
-
-@pytest.mark.filterwarnings(
-    "ignore:Parameter `include_sources`:dagster.BetaWarning"
-)  # the tester's own
-def test_facts_are_requested_after_raw_data_lands_but_not_after_a_kt1_drain(
-    defs: Definitions,
-) -> None:
-    with DagsterInstance.ephemeral() as instance:
-
-        def tick(cursor: Any = None) -> Any:
-            return evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-
-        def lands(*path: str, partition: str | None = None) -> None:
-            instance.report_runless_asset_event(
-                AssetMaterialization(AssetKey(list(path)), partition=partition)
-            )
-
-        result = tick()
-        assert result.total_requested == 0
-        # Nothing built yet: AVL's staging view may build (its raw days need not all exist),
-        # the facts wait for their other parents instead of failing over a half-built file.
-        lands("raw", "avl", "trips", partition="2026-03-01")
-        result = tick(result.cursor)
-        assert _requested(result) == {"stg_avl__trips"}
-
-        for key in defs.resolve_asset_graph().get_all_asset_keys():
-            if key.path[0] != "raw":
-                lands(*key.path)
-        result = tick(result.cursor)
-        assert tick(result.cursor).total_requested == 0
-
-        for table in ("telemetry", "trips", "events", "changes"):
-            lands("raw", "kt1", table)  # kt1_dbt_after_drain's business
-        result = tick(result.cursor)
-        assert result.total_requested == 0
-
-        lands("raw", "avl", "trips", partition="2026-03-02")
-        result = tick(result.cursor)
-        requested = _requested(result)
-        assert {"stg_avl__trips", "int_trips__unioned", "fct_trips", "fleet_daily"} <= requested
-        assert not any(k.startswith(("stg_kt1", "stg_metrotec", "stg_autopi")) for k in requested)
-        assert tick(result.cursor).total_requested == 0  # handled: asked once
-
-
-def _with_dbt_stand_in(defs: Definitions) -> Definitions:
-    """The same graph and automation conditions, with the dbt build replaced by a stand-in that
-    reports each selected model: what is under test is which runs the automation asks for."""
-    dbt = defs.resolve_assets_def(AssetKey(["fleet_daily"]))
-    order = defs.resolve_asset_graph().toposorted_asset_keys
-
-    @multi_asset(specs=list(dbt.specs), can_subset=True, name="dbt_stand_in")
-    def dbt_stand_in(context: AssetExecutionContext) -> Iterator[MaterializeResult]:
-        for key in order:
-            if key in context.selected_asset_keys:
-                yield MaterializeResult(asset_key=key)
-
-    raw = [a for a in defs.assets if isinstance(a, AssetsDefinition) and not a.keys & dbt.keys]
-    return Definitions(
-        assets=[*raw, dbt_stand_in], sensors=list(defs.sensors or []), resources=defs.resources
-    )
-
-
-@pytest.mark.filterwarnings(
-    "ignore:Parameter `include_sources`:dagster.BetaWarning"
-)  # the tester's own
-def test_a_kt1_sensor_build_does_not_trigger_a_second_build(defs: Definitions) -> None:
-    """kt1_dbt_after_drain builds everything downstream of raw/kt1 in one run: parents updated
-    in the same run as their children must not look 'updated' to the automation afterwards."""
-    stand_in = _with_dbt_stand_in(defs)
-    dbt_keys = [
-        k for k in stand_in.resolve_asset_graph().get_all_asset_keys() if k.path[0] != "raw"
-    ]
-    with DagsterInstance.ephemeral() as instance:
-
-        def tick(cursor: Any = None) -> Any:
-            return evaluate_automation_conditions(defs=stand_in, instance=instance, cursor=cursor)
-
-        assert materialize(
-            stand_in.assets, resources=defs.resources, selection=dbt_keys, instance=instance
-        ).success
-        result = tick()
-        for table in ("telemetry", "trips", "events", "changes"):
-            instance.report_runless_asset_event(
-                AssetMaterialization(AssetKey(["raw", "kt1", table]))
-            )
-        result = tick(result.cursor)
-        assert result.total_requested == 0
-
-        sensor = stand_in.resolve_sensor_def("kt1_dbt_after_drain")
-        after_drain = materialize(
-            stand_in.assets,
-            resources=defs.resources,
-            selection=sensor.asset_selection,
-            instance=instance,
-        )
-        assert after_drain.success and len(after_drain.get_asset_materialization_events()) > 10
-        result = tick(result.cursor)
-        assert result.total_requested == 0
-
-        instance.report_runless_asset_event(
-            AssetMaterialization(AssetKey(["raw", "autopi", "trips"]))
-        )
-        result = tick(result.cursor)
-        assert "fleet_daily" in _requested(result)  # and yet the automation is alive

@@ -1,7 +1,7 @@
 -- Refuels and drains of every source. `conformed` fixes the shape; a source adds
 -- `int_<source>__fuel_events` (same columns, same order) with one `union all` line below.
 -- A view: a union of tables costs its few readers less than writing it again each run.
-{{ config(materialized='view') }}
+{{ config(materialized='view', event_time='occurred_at') }}
 with conformed as (
     select
         cast(null as varchar) as fuel_event_id,

@@ -3,7 +3,7 @@
 -- order; a `day` an incremental model keeps is left out) with one `union all` line at the
 -- marker below.
 -- A view: a union of tables costs its few readers less than writing it again each run.
-{{ config(materialized='view') }}
+{{ config(materialized='view', event_time='started_at') }}
 with conformed as (
     select
         cast(null as varchar) as idle_period_id,

@@ -2,6 +2,10 @@
 -- at it. Two trips of one vehicle from different sources are the same trip when their time
 -- spans overlap by at least `trip_overlap_share` of the shorter one; the primary is the copy
 -- from the source earliest in `trip_source_priority` (richest data first).
+-- Daily by the copy's start: a build compares its days' trips with every trip started from
+-- the day before to the day after (trips are under a day long).
+{{ daily_table('started_at') }}
+
 with trips as (
     select
         trips.trip_id,
@@ -15,6 +19,7 @@ with trips as (
     inner join {{ ref('int_vehicle_identities') }} as vehicles
         on vehicles.source = trips.source
         and vehicles.source_vehicle_id = trips.source_vehicle_id
+    where {{ in_days('trips.started_at', 1, 1) }}
 ),
 
 -- Each trip under every UTC day it spans: overlapping trips share a day, so comparing only
@@ -33,6 +38,7 @@ trip_days as (
 overlapping as (
     select distinct
         copy.trip_id,
+        copy.started_at as copy_started_at,
         primary_copy.trip_id as is_duplicate_of,
         primary_copy.source_rank,
         primary_copy.started_at
@@ -56,8 +62,9 @@ overlapping as (
 ),
 
 final as (
-    select trip_id, is_duplicate_of
+    select trip_id, is_duplicate_of, copy_started_at as started_at
     from overlapping
+    where {{ in_days('copy_started_at') }}
     qualify row_number() over (
         partition by trip_id order by source_rank, started_at, is_duplicate_of
     ) = 1

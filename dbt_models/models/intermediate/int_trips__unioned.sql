@@ -2,7 +2,7 @@
 -- A source adds its conformed model `int_<source>__trips` (same columns, same order) with one
 -- `union all` line at the marker below.
 -- A view: a union of tables costs its few readers less than writing it again each run.
-{{ config(materialized='view') }}
+{{ config(materialized='view', event_time='started_at') }}
 with avl as (
     select
         avl_trip_id as trip_id,

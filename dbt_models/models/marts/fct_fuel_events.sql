@@ -1,9 +1,13 @@
 -- One row per refuel or drain per source, in UTC and litres. The same refuel reported by
 -- several sources (same vehicle and type, within var fuel_event_match_minutes) keeps every
 -- row, and all but the first source in var fuel_source_priority point at it in
--- is_duplicate_of, so fleet_daily counts it once.
+-- is_duplicate_of, so fleet_daily counts it once. Daily by the event's instant: a build
+-- matches its days' events with those of the day either side (the match is 30 minutes).
+{{ daily_table('occurred_at') }}
+
 with events as (
     select * from {{ ref('int_fuel_events__unioned') }}
+    where {{ in_days('occurred_at', 1, 1) }}
 ),
 
 vehicles as (
@@ -51,6 +55,7 @@ final as (
         duplicates.is_duplicate_of
     from resolved
     left join duplicates on duplicates.fuel_event_id = resolved.fuel_event_id
+    where {{ in_days('resolved.occurred_at') }}
 )
 
 select * from final

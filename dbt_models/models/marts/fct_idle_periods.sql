@@ -1,6 +1,9 @@
--- One row per idle period (engine on, vehicle stopped) per source, in UTC.
+-- One row per idle period (engine on, vehicle stopped) per source, in UTC. Daily by start.
+{{ daily_table('started_at') }}
+
 with periods as (
     select * from {{ ref('int_idle_periods__unioned') }}
+    where {{ in_days('started_at') }}
 ),
 
 vehicles as (

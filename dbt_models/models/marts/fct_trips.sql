@@ -1,6 +1,9 @@
--- One row per trip per source, in UTC, km, seconds, litres and km/h.
+-- One row per trip per source, in UTC, km, seconds, litres and km/h. Daily by start.
+{{ daily_table('started_at') }}
+
 with trips as (
     select * from {{ ref('int_trips__unioned') }}
+    where {{ in_days('started_at') }}
 ),
 
 vehicles as (
@@ -8,7 +11,8 @@ vehicles as (
 ),
 
 duplicates as (
-    select * from {{ ref('int_trips__cross_source_duplicates') }}
+    select trip_id, is_duplicate_of from {{ ref('int_trips__cross_source_duplicates') }}
+    where {{ in_days('started_at') }}
 ),
 
 final as (

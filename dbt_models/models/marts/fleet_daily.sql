@@ -1,6 +1,10 @@
--- Per vehicle and UTC day of trip start: distance, time, idling, fuel and refuels.
+-- Per vehicle and UTC day of trip start: distance, time, idling, fuel and refuels. Daily; a
+-- counted trip's fuel may come from another source's copy started the day before or after.
+{{ daily_table('day') }}
+
 with trips as (
     select * from {{ ref('fct_trips') }}
+    where {{ in_days('started_at', 1, 1) }}
 ),
 
 refuels as (
@@ -11,7 +15,7 @@ refuels as (
         {{ exact_sum('volume_l') }} as refuel_l
     from {{ ref('fct_fuel_events') }}
     -- Another source's copy of a refuel already counted.
-    where event_type = 'refuel' and is_duplicate_of is null
+    where event_type = 'refuel' and is_duplicate_of is null and {{ in_days('occurred_at') }}
     group by 1, 2
 ),
 
@@ -61,7 +65,7 @@ per_day as (
     from trips
     left join trip_fuel on trip_fuel.trip_id = trips.trip_id
     -- Another source's copy of a trip already counted.
-    where trips.is_duplicate_of is null
+    where trips.is_duplicate_of is null and {{ in_days('trips.started_at') }}
     group by 1, 2
 ),
 

@@ -1,5 +1,5 @@
 """`raw/kt1/*`: one drain of the export stream lands all four tables; a schedule runs it every
-5 minutes, and a sensor rebuilds the downstream dbt models when a drain landed new items.
+5 minutes; the facts sensor (pipelines/facts_build.py) builds the days a drain wrote.
 """
 
 from collections.abc import Iterator
@@ -12,7 +12,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    AssetRecordsFilter,
     AssetsDefinition,
     AssetSelection,
     AssetSpec,
@@ -25,13 +24,10 @@ from dagster import (
     RunRequest,
     RunsFilter,
     ScheduleEvaluationContext,
-    SensorEvaluationContext,
-    SensorResult,
     SkipReason,
     define_asset_job,
     multi_asset,
     schedule,
-    sensor,
 )
 
 from pipelines.http import VendorAPIError
@@ -75,7 +71,6 @@ def build_kt1_defs() -> Definitions:
         assets=[drain],
         jobs=[job],
         schedules=[_build_schedule(job)],
-        sensors=[_build_dbt_sensor()],
     )
 
 
@@ -267,38 +262,3 @@ def _build_schedule(job: Any) -> Any:
         return RunRequest(tags={QUEUE_TAG: SOURCE})
 
     return kt1_drain_every_5_minutes
-
-
-def _build_dbt_sensor() -> Any:
-    # Every drain materializes all four keys once; telemetry's events mark the drains.
-    marker = ASSET_KEYS["telemetry"]
-
-    @sensor(
-        name="kt1_dbt_after_drain",
-        asset_selection=AssetSelection.assets(*ASSET_KEYS.values()).downstream(include_self=False),
-        minimum_interval_seconds=60,
-        description="Build the dbt models downstream of raw/kt1/* after a drain landed items.",
-    )
-    def kt1_dbt_after_drain(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-        after = int(context.cursor) if context.cursor else None
-        records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=marker, after_storage_id=after),
-            limit=1000,
-            ascending=True,
-        ).records
-        if not records:
-            return SkipReason("no kt1 drain since the last check")
-        cursor = str(records[-1].storage_id)
-        landed = 0
-        for record in records:
-            materialization = record.asset_materialization
-            value = materialization.metadata.get("items_landed") if materialization else None
-            landed += int(value.value) if value is not None else 0
-        if not landed:
-            return SensorResult(skip_reason=f"{len(records)} drain(s), nothing new", cursor=cursor)
-        return SensorResult(
-            run_requests=[RunRequest(run_key=f"kt1-dbt-{cursor}")],
-            cursor=cursor,
-        )
-
-    return kt1_dbt_after_drain

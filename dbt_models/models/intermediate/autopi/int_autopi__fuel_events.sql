@@ -4,8 +4,12 @@
 -- vehicles refuel parked). Litres need the tank size (seed autopi_vehicle_tanks); devices
 -- without one give no events, since a percentage alone cannot say how much was added. The
 -- refuel is dated at the last reading before the rise and placed at that trip's last fix.
--- A table over int_autopi__trip_readings: no datapoint is read here.
-{{ config(materialized='table') }}
+-- Daily by the refuel's instant. The pair of trips around a refuel may lie days apart (a
+-- vehicle parked over a weekend), so every trip's summary row is read (one row per trip, no
+-- datapoint) and the build keeps the refuels of its days. A trip landing late changes the
+-- refuel dated at the previous trip's end: if that trip ended more than a day before, that
+-- day is rebuilt by a build of its own partition, not by the automation's neighbour days.
+{{ daily_table('occurred_at') }}
 
 with trips as (
     select source_trip_id, source_vehicle_id, started_at from {{ ref('stg_autopi__trips') }}
@@ -51,6 +55,7 @@ final as (
     from steps
     inner join tanks on tanks.source_vehicle_id = steps.source_vehicle_id
     where steps.level_after_pct - steps.level_before_pct >= {{ var('autopi_refuel_min_rise_pct') }}
+        and {{ in_days('steps.before_at') }}
 )
 
 select * from final

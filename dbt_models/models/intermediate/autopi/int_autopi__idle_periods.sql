@@ -2,15 +2,18 @@
 -- consecutive idle intervals (engine on, speed 0) lasting at least var autopi_idle_min_s
 -- (default 60 s). A period starts at its first speed-0 reading and ends at the next reading
 -- that is not idle (or the trip's end), so its length is exact to one sampling interval.
--- A table over the (incremental) speed intervals: no datapoint is read here.
-{{ config(materialized='table') }}
+-- Daily by the period's start: a build reads the speed intervals of trips started on its days
+-- and the day before (a trip that crosses midnight idles on the next day); no datapoint.
+{{ daily_table('started_at') }}
 
 with intervals as (
     select * from {{ ref('int_autopi__speed_intervals') }}
+    where {{ in_days('day', 1, 0) }}
 ),
 
 trips as (
     select autopi_trip_id, source_trip_id, source_vehicle_id from {{ ref('stg_autopi__trips') }}
+    where {{ in_days('day', 1, 0) }}
 ),
 
 runs as (
@@ -41,6 +44,7 @@ long_enough as (
     select *, epoch(ended_at) - epoch(started_at) as duration_s
     from periods
     where epoch(ended_at) - epoch(started_at) >= {{ var('autopi_idle_min_s', 60) }}
+        and {{ in_days('started_at') }}
 ),
 
 final as (

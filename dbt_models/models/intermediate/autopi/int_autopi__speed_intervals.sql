@@ -3,30 +3,20 @@
 -- speed over ground for trips without any. The engine counts as on when the latest rpm
 -- reading is above 0, else by the latest engine event; a trip with neither is engine-on,
 -- as AutoPi trips run from engine on to engine off. Each interval carries the last GPS fix
--- at or before its start. Incremental per trip (macros/incremental_trips.sql): a daily run
--- reads only the day folders of trips landed since the last build.
-{{ config(
-    materialized='incremental',
-    unique_key='source_trip_id',
-    incremental_strategy='delete+insert',
-    on_schema_change='append_new_columns',
-) }}
-
-{%- set days = autopi_days_to_build() %}
+-- at or before its start. Daily by the trip's lake day (its UTC start day): a trip's intervals
+-- come from its own day's datapoints, so a day's rows need no other day.
+{{ daily_table('day') }}
 
 with trips as (
-    select source_trip_id, started_at, ended_at, landed_at as trip_landed_at
-    from {{ ref('stg_autopi__trips') }} as trips
-    {%- if is_incremental() %}
-    where {{ days_filter(days) }} and {{ autopi_trip_unbuilt('trips') }}
-    {%- endif %}
+    select source_trip_id, started_at, ended_at, landed_at as trip_landed_at, day
+    from {{ ref('stg_autopi__trips') }}
+    where {{ in_days('day') }}
 ),
 
 points as (
     select *
     from {{ ref('stg_autopi__datapoints') }}
-    where {{ days_filter(days) }}
-        and source_trip_id in (select source_trip_id from trips)
+    where {{ in_days('day') }}
 ),
 
 positions as (
@@ -110,6 +100,7 @@ intervals as (
         readings.lat,
         readings.lon,
         trips.trip_landed_at,
+        trips.day,
         case
             when not readings.engine_on then 'engine_off'
             when readings.speed_kmh > 0 then 'moving'
@@ -131,7 +122,8 @@ final as (
         state,
         lat,
         lon,
-        trip_landed_at
+        trip_landed_at,
+        day
     from intervals
 )
 

@@ -1,35 +1,25 @@
 -- What each AutoPi trip's datapoints say, one row per trip: idle and moving time and top
 -- speed from the speed intervals, the GPS track's ends and length, and the first and last
--- fuel level. Incremental per trip like int_autopi__speed_intervals, so the daily build
--- reads only the day folders of newly landed trips; int_autopi__trips joins it to the trip.
-{{ config(
-    materialized='incremental',
-    unique_key='source_trip_id',
-    incremental_strategy='delete+insert',
-    on_schema_change='append_new_columns',
-) }}
-
-{%- set days = autopi_days_to_build() %}
+-- fuel level. Daily by the trip's lake day (its UTC start day), like the speed intervals;
+-- int_autopi__trips joins it to the trip.
+{{ daily_table('day') }}
 
 with trips as (
-    select source_trip_id, landed_at as trip_landed_at
-    from {{ ref('stg_autopi__trips') }} as trips
-    {%- if is_incremental() %}
-    where {{ days_filter(days) }} and {{ autopi_trip_unbuilt('trips') }}
-    {%- endif %}
+    select source_trip_id, landed_at as trip_landed_at, day
+    from {{ ref('stg_autopi__trips') }}
+    where {{ in_days('day') }}
 ),
 
 points as (
     select source_trip_id, line_no, recorded_at, lat, lon, fuel_level_pct
     from {{ ref('stg_autopi__datapoints') }}
-    where {{ days_filter(days) }}
-        and source_trip_id in (select source_trip_id from trips)
+    where {{ in_days('day') }}
 ),
 
 intervals as (
     select *
     from {{ ref('int_autopi__speed_intervals') }}
-    where source_trip_id in (select source_trip_id from trips)
+    where {{ in_days('day') }}
 ),
 
 timing as (
@@ -101,7 +91,8 @@ final as (
         fuel.first_level_at,
         fuel.last_level_pct,
         fuel.last_level_at,
-        trips.trip_landed_at
+        trips.trip_landed_at,
+        trips.day
     from trips
     left join timing on timing.source_trip_id = trips.source_trip_id
     left join track on track.source_trip_id = trips.source_trip_id

@@ -4,13 +4,18 @@
 -- rest of the trip (at least what the distance needs at the top speed read, see `split`);
 -- litres come from the fuel-level drop only for vehicles whose tank size is known (seed
 -- autopi_vehicle_tanks), since AutoPi reports the level in percent. The datapoint figures
--- come from int_autopi__trip_readings (built incrementally).
+-- come from int_autopi__trip_readings. Daily by start instant (a trip's lake day is its UTC
+-- start day; the day either side is read in case the two ever disagree).
+{{ daily_table('started_at') }}
+
 with trips as (
     select * from {{ ref('stg_autopi__trips') }}
+    where {{ in_days('day', 1, 1) }} and {{ in_days('started_at') }}
 ),
 
 readings as (
     select * from {{ ref('int_autopi__trip_readings') }}
+    where {{ in_days('day', 1, 1) }}
 ),
 
 tanks as (

@@ -1,9 +1,12 @@
 -- kt1 refuel events in the fct_fuel_events shape. kt1 reports the refuel itself (`details`:
 -- dateStart, dateEnd, volume, levelBefore, levelAfter, in litres), so no tank size is needed;
 -- the volume is after - before as for Metrotec, else kt1's own `volume`.
+-- Daily by the refuel's instant (its dateStart, which may fall on the lake day before).
+{{ daily_table('occurred_at') }}
+
 with events as (
     select * from {{ ref('stg_kt1__events') }}
-    where event_class = 'fuel' and event_type = 'refuel'
+    where event_class = 'fuel' and event_type = 'refuel' and {{ in_days('day', 1, 1) }}
 ),
 
 typed as (
@@ -40,4 +43,4 @@ final as (
 
 select * from final
 -- A "refuel" whose level did not rise is a sensor artefact; one with unknown volume stays.
-where volume_l is null or volume_l > 0
+where (volume_l is null or volume_l > 0) and {{ in_days('occurred_at') }}

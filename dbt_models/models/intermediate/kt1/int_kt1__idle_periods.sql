@@ -9,24 +9,22 @@
 --   of over 5 minutes ends a run at the report itself, so a device that stops reporting does
 --   not stretch a period.
 --
--- Incremental by day (macros/lake_days.sql): a build redoes the periods starting on the UTC
--- days whose telemetry, events or trips the staging tables re-read, and on the day either
--- side, from the telemetry of those days and one more either side; a change in which assets
--- send idling events redoes every day. A period over 24 h long (or in a trip that began over
--- a day before it) whose far end lands in a changed day is left to a full refresh.
-{%- set inputs = ['stg_kt1__telemetry', 'stg_kt1__events', 'stg_kt1__trips'] %}
-{{ upstream_days_config(inputs, 'kt1_idle_evidence_check') }}
-{%- set days = upstream_days_to_build(inputs, kt1_idle_evidence_check()) %}
+-- Daily by the period's UTC start day: a build reads the telemetry and events of its days and
+-- one more either side, and the trips started up to two days before. Which assets send idling
+-- events at all is read over every day. A period over 24 h long (or in a trip that began over
+-- two days before it) whose far end lands in a rebuilt day, or an asset whose first idling
+-- event arrives, changes other days too: a build of those days' partitions covers it.
+{{ daily_table('day') }}
 
 {%- set min_idle_s = 60 %}
 {%- set max_gap_s = 300 %}
 
 with measured as (
-    {{ kt1_measured_idling() }}
+    {{ kt1_measured_idling(in_days('day', 1, 1)) }}
 ),
 
 event_assets as (
-    select distinct asset_id from measured
+    select distinct asset_id from ({{ kt1_measured_idling() }})
 ),
 
 telemetry as (
@@ -40,7 +38,7 @@ telemetry as (
         address
     from {{ ref('stg_kt1__telemetry') }}
     anti join event_assets using (asset_id)
-    where {{ days_filter(days_around(days)) }}
+    where {{ in_days('day', 1, 1) }}
 ),
 
 flagged as (
@@ -105,13 +103,14 @@ periods as (
 
 trips as (
     select trip_id, source_vehicle_id, started_at, ended_at from {{ ref('int_kt1__trips') }}
+    where {{ in_days('started_at', 2, 0) }}
 ),
 
 long_enough as (
     select *, cast(started_at at time zone 'UTC' as date) as day
     from periods
     where date_diff('millisecond', started_at, ended_at) >= {{ min_idle_s }} * 1000
-        and {{ days_filter(days, "cast(started_at at time zone 'UTC' as date)") }}
+        and {{ in_days('started_at') }}
 ),
 
 -- The trip a period starts in (a trip without an end is still going): the latest-started such

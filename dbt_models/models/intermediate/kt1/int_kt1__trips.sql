@@ -1,9 +1,14 @@
 -- kt1 trips in the conformed shape of int_trips__unioned. KT1's `inactive` trips are parked
 -- periods, not journeys, so only `active` and `mixed` ones (or untyped) become trips.
 -- KT1 reports no fuel: fuel_used_l and fuel_cost are unknown (NULL), never 0.
+-- Daily by start instant; the lake days either side are read as a trip is landed by its item
+-- date, which need not be its start.
+{{ daily_table('started_at') }}
+
 with trips as (
     select * from {{ ref('stg_kt1__trips') }}
     where trip_type is distinct from 'inactive'
+        and {{ in_days('day', 1, 1) }} and {{ in_days('started_at') }}
 ),
 
 final as (

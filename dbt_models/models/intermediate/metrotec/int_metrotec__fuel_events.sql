@@ -1,8 +1,12 @@
 -- Metrotec refuels in the fct_fuel_events shape: event_type 'refuel', volume = after - before.
 -- Position from the last fuel level reading at or before the refuel began (the parked vehicle)
 -- when one was taken in the hour before.
+-- Daily by the refuel's start (its lake day).
+{{ daily_table('occurred_at') }}
+
 with refuels as (
     select * from {{ ref('stg_metrotec__refuels') }}
+    where {{ in_days('day', 1, 1) }} and {{ in_days('started_at') }}
 ),
 
 -- Only the readings of a refuelling vehicle on the UTC day of the refuel or of the hour before
@@ -23,7 +27,7 @@ positions as (
     semi join refuel_days
         on refuel_days.source_vehicle_id = readings.source_vehicle_id
         and refuel_days.on_day = readings.day
-    where readings.lat is not null and readings.lon is not null
+    where readings.lat is not null and readings.lon is not null and {{ in_days('readings.day', 1, 0) }}
 ),
 
 located as (

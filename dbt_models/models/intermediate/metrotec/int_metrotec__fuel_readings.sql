@@ -2,7 +2,7 @@
 -- tank volume; pressure readings (is_fuel_as_pressure) have no litre value. A view: copying
 -- every reading (4 M a year in the 200-vehicle bench) cost more to redo each run than the
 -- join costs its readers, which filter it by time.
-{{ config(materialized='view') }}
+{{ config(materialized='view', event_time='recorded_at') }}
 with readings as (
     select * from {{ ref('stg_metrotec__fuel_levels') }}
 ),

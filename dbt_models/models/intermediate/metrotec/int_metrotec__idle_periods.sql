@@ -2,17 +2,14 @@
 -- idling from the halt (startTime) until the engine stopped or the vehicle moved off
 -- (stopTime). Position from a fuel level reading taken during the idle, when there is one.
 --
--- Incremental by day (macros/lake_days.sql): a build redoes the stops of the days whose stops,
--- fuel levels or route log the staging tables re-read, and of the day either side; readings
--- and trips are read only around those stops (a stop over 24 h long, or inside a trip that
--- began over a day before it, is left to a full refresh).
-{%- set inputs = ['stg_metrotec__stops', 'stg_metrotec__fuel_levels', 'stg_metrotec__routelog'] %}
-{{ upstream_days_config(inputs) }}
-{%- set days = upstream_days_to_build(inputs) %}
+-- Daily by the stop's lake day (its UTC start day): readings and trips are read only around
+-- the day's stops (a stop over 24 h long, or inside a trip that began over a day before it, is
+-- right after a build of the days it spans).
+{{ daily_table('day') }}
 
 with stops as (
     select * from {{ ref('stg_metrotec__stops') }}
-    where is_engine_running and {{ days_filter(days) }}
+    where is_engine_running and {{ in_days('day') }}
 ),
 
 reach as (
@@ -30,8 +27,9 @@ trips as (
         started_at,
         ended_at
     from {{ ref('stg_metrotec__routelog') }}
-    {%- if days is not none %}
-    where started_at between (select reach_from from reach) and (select reach_to from reach)
+    {%- if fleet_window() is not none %}
+    where {{ in_days('started_at', 2, 1) }}
+        and started_at between (select reach_from from reach) and (select reach_to from reach)
     {%- endif %}
 ),
 
@@ -39,7 +37,8 @@ positions as (
     select source_vehicle_id, recorded_at, lat, lon, address
     from {{ ref('stg_metrotec__fuel_levels') }}
     where lat is not null and lon is not null
-    {%- if days is not none %}
+    {%- if fleet_window() is not none %}
+        and {{ in_days('recorded_at', 2, 1) }}
         and recorded_at between (select reach_from from reach) and (select reach_to from reach)
     {%- endif %}
 ),

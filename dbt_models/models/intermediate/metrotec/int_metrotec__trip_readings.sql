@@ -8,14 +8,11 @@
 -- (until the next trip started, at most 6 h on), else the last reading inside the trip.
 -- Parked, the level only moves with a refuel, whose litres are added back.
 --
--- Incremental by day (macros/lake_days.sql): a build redoes the trips of the days whose route
--- log, fuel levels or refuels changed, and of the day either side (a trip's readings reach 6 h
--- past its ends); every day when a vehicle's fuel setup changed. Readings are read only over
--- the rebuilt trips' time span: a reading outside a trip's 6 h reach is never used.
+-- Daily by the route log's lake day (the trip's UTC start day). Readings are read over the
+-- rebuilt trips' time span (a reading outside a trip's 6 h reach is never used), refuels
+-- whole (one row per refuel).
 -- depends_on: {{ ref('stg_metrotec__vehicles') }}
-{%- set inputs = ['stg_metrotec__routelog', 'stg_metrotec__fuel_levels', 'stg_metrotec__refuels'] %}
-{{ upstream_days_config(inputs, 'metrotec_fuel_setup_check') }}
-{%- set days = upstream_days_to_build(inputs, metrotec_fuel_setup_check()) %}
+{{ daily_table('day') }}
 
 with trips as (
     select
@@ -27,7 +24,7 @@ with trips as (
         least(parked_until, ended_at + interval 6 hour) as parked_after_until,
         day
     from {{ ref('stg_metrotec__routelog') }}
-    where {{ days_filter(days) }}
+    where {{ in_days('day') }}
 ),
 
 reach as (
@@ -40,8 +37,9 @@ reach as (
 readings as (
     select *
     from {{ ref('int_metrotec__fuel_readings') }}
-    {%- if days is not none %}
-    where recorded_at between (select reach_from from reach) and (select reach_to from reach)
+    {%- if fleet_window() is not none %}
+    where {{ in_days('recorded_at', 1, 1) }}
+        and recorded_at between (select reach_from from reach) and (select reach_to from reach)
     {%- endif %}
 ),
 

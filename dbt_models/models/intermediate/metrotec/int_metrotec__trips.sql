@@ -1,12 +1,17 @@
 -- Metrotec route log trips in the conformed fct_trips shape (columns and order of the `avl`
 -- CTE in int_trips__unioned). Idle time is (engine off - engine on) - drivingTimeSeconds;
 -- fuel use and positions come from the fuel level log (int_metrotec__trip_readings).
+-- Daily by start instant (the route log lands a trip under its UTC start day).
+{{ daily_table('started_at') }}
+
 with trips as (
     select * from {{ ref('stg_metrotec__routelog') }}
+    where {{ in_days('day', 1, 1) }} and {{ in_days('started_at') }}
 ),
 
 readings as (
     select * from {{ ref('int_metrotec__trip_readings') }}
+    where {{ in_days('day', 1, 1) }}
 ),
 
 final as (

@@ -1,16 +1,8 @@
 -- One row per AutoPi datapoint, renamed to fleet words. Only the keys the facts use get a
 -- column here; every other declared key stays in the raw table, undeclared ones in `extra`.
--- Rebuilt by lake day (macros/lake_days.sql); after each update, datapoints left in a day that
--- is no longer their trip's current landing (see `final`) are removed as well.
-{{ config(post_hook=(
-    "{% if lake_days_incremental() %}
-    delete from {{ this }} as points
-    where not exists (
-        select 1 from {{ ref('stg_autopi__trips') }} as trips
-        where trips.source_trip_id = points.source_trip_id and trips.day = points.day
-    )
-    {% endif %}"
-)) }}
+-- Daily by lake day (the trip's UTC start day, where its datapoints are landed).
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('autopi', 'datapoints', {
         'trip_id': 'varchar',
@@ -42,6 +34,7 @@ with source as (
 
 trips as (
     select source_trip_id, day from {{ ref('stg_autopi__trips') }}
+    where {{ in_days('day') }}
 ),
 
 renamed as (

@@ -1,17 +1,11 @@
 -- One row per AutoPi trip: the trip object of its latest landed export. Files are named by
 -- trip id, so a re-export already replaced the earlier rows; the window only guards against a
 -- trip whose start day moved between exports and whose old file a crash left behind.
--- Rebuilt by lake day (macros/lake_days.sql), so the same guard runs across days after each
--- update: an older landing of a trip that a newer one replaced is removed.
-{{ config(post_hook=(
-    "{% if lake_days_incremental() %}
-    delete from {{ this }} as old
-    where exists (
-        select 1 from {{ this }} as newer
-        where newer.source_trip_id = old.source_trip_id and newer.landed_at > old.landed_at
-    )
-    {% endif %}"
-)) }}
+-- Daily by lake day (the trip's UTC start day). A re-export that moves a trip's start day
+-- removes the old day's file; the old day's row goes when that day is rebuilt (the landing's
+-- `days_written` names the new day only: the unique test on source_trip_id says so until then).
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('autopi', 'trips', {
         'trip_id': 'varchar',

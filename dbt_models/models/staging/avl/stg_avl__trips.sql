@@ -1,6 +1,8 @@
 -- One row per AVL trip. The lake already holds UTC timestamps and one row per natural key
 -- (device_name, trip_start) per landing; the window below also guards against a trip that was
 -- landed in two partitions by an earlier, differently-zoned run.
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('avl', 'trips', {
         'device_name': 'varchar',

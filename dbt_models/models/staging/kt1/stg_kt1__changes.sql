@@ -1,5 +1,7 @@
 -- One row per kt1 change notification, identified by (doc id, doc type, operation, date);
 -- redelivered copies removed.
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('kt1', 'changes', {
         'batch_id': 'varchar',

@@ -1,5 +1,7 @@
 -- One row per kt1 event id, redelivered copies removed. `details` keeps the event's own
 -- fields (e.g. an idling event's dateStart/dateEnd, a refuel's volume) as JSON.
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('kt1', 'events', {
         'batch_id': 'varchar',

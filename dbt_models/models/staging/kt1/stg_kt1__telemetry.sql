@@ -1,6 +1,8 @@
 -- One row per kt1 telemetry report: copies from redelivered batches removed by the report's
 -- identity (origin.id, date). Device counters stay raw (see the YAML): they are the tracker's
 -- counters, not the vehicle's odometer.
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('kt1', 'telemetry', {
         'batch_id': 'varchar',

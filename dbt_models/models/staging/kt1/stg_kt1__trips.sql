@@ -1,5 +1,7 @@
 -- One row per kt1 trip id: redelivered copies removed, and of several versions of a trip (KT1
 -- may send a trip again as it changes) the last landed one wins.
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('kt1', 'trips', {
         'batch_id': 'varchar',

@@ -1,5 +1,7 @@
 -- One row per Metrotec fuel level reading (vehicle, second), in UTC. `level` is in the unit
 -- the vehicle reports (litres, or percent when its isPercent is set; see int_ models).
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('metrotec', 'fuel_levels', {
         '"objectID"': 'varchar',

@@ -1,4 +1,6 @@
 -- One row per Metrotec refuel, litres before and after, in UTC.
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('metrotec', 'refuels', {
         '"ID"': 'bigint',

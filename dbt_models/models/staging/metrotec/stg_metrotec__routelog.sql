@@ -1,4 +1,6 @@
 -- One row per Metrotec route log trip (engine on to engine off), in UTC.
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('metrotec', 'routelog', {
         '"ID"': 'bigint',

@@ -1,5 +1,7 @@
 -- One row per Metrotec stop: halted at started_at, engine off at engine_stopped_at, moved off
 -- at ended_at. The engine ran for running_s (the API's runningTime "HH:MM:SS").
+{{ daily_table('day') }}
+
 with source as (
     {{ lake_source('metrotec', 'stops', {
         '"ID"': 'bigint',

@@ -1,0 +1,232 @@
+"""Building the facts by UTC day: which fact days raw data touched, and the runs that build them.
+
+One mechanism for all four sources: every raw materialization records `days_written` (the UTC
+days whose lake folders it wrote; AVL and Metrotec their partitions, a kt1 drain or an AutoPi
+landing the days of what it landed, old days included). The facts sensor reads the raw
+materializations stored since its cursor and requests the daily dbt assets' partitions of
+those days and the day either side (the neighbour days a day's models read: trips over
+midnight, fuel events matched across it), plus the models without a day, as one run per
+contiguous range. `fleet facts build` runs the same assets for every day with raw data, or a
+range.
+
+A run is one build: one step, one `dbt build` over the run's days, whose last commit is the
+marker readers open the facts at (dbt_models/macros/facts_build.sql).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    AssetsDefinition,
+    AssetSelection,
+    DagsterInstance,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    TimeWindowPartitionsDefinition,
+    sensor,
+)
+
+from pipelines.checks import DAYS_WRITTEN
+from pipelines.dbt import FACTS_ASSETS
+
+FACTS_SENSOR = "fleet_facts_after_raw"
+NEIGHBOUR_DAYS = 1
+"""A raw day changes the facts of that day and the day either side (macros/fleet_days.sql)."""
+PAGE = 1000
+_DAY_FOLDER = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+@dataclass(frozen=True)
+class DayRange:
+    first: date
+    last: date
+
+    def tags(self) -> dict[str, str]:
+        return {RANGE_START: self.first.isoformat(), RANGE_END: self.last.isoformat()}
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}..{self.last}"
+
+
+def written_days(metadata: Any, partition: str | None) -> set[date]:
+    """The UTC days a raw materialization wrote: its `days_written`, else its partition."""
+    days: set[date] = set()
+    entry = metadata.get(DAYS_WRITTEN) if metadata else None
+    values = entry.value if entry is not None else None
+    for value in values if isinstance(values, list) else []:
+        try:
+            days.add(date.fromisoformat(str(value)))
+        except ValueError:
+            continue
+    if not days and partition:
+        with contextlib.suppress(ValueError):
+            days.add(date.fromisoformat(partition))
+    return days
+
+
+def fact_ranges(
+    days: Iterable[date], partitions: TimeWindowPartitionsDefinition, margin: int = 0
+) -> list[DayRange]:
+    """The fact partitions of `days` widened by `margin` days either side, clipped to the
+    partitions that exist, as sorted contiguous ranges."""
+    keys = partitions.get_partition_keys()
+    if not keys:
+        return []
+    low, high = date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
+    wanted = sorted(
+        {
+            day + timedelta(days=shift)
+            for day in days
+            for shift in range(-margin, margin + 1)
+            if low <= day + timedelta(days=shift) <= high
+        }
+    )
+    ranges: list[DayRange] = []
+    for day in wanted:
+        if ranges and day == ranges[-1].last + timedelta(days=1):
+            ranges[-1] = DayRange(ranges[-1].first, day)
+        else:
+            ranges.append(DayRange(day, day))
+    return ranges
+
+
+def lake_days(lake_dir: Path, tables: Sequence[str]) -> set[date]:
+    """The UTC days any of `tables` (`<source>/<table>`) has a `day=` folder with Parquet in."""
+    days = set()
+    for table in tables:
+        root = lake_dir / table
+        if not root.is_dir():
+            continue
+        for folder in root.iterdir():
+            found = _DAY_FOLDER.match(folder.name)
+            if found and any(folder.glob("*.parquet")):
+                days.add(date.fromisoformat(found.group(1)))
+    return days
+
+
+def raw_keys(assets: Sequence[AssetsDefinition]) -> list[AssetKey]:
+    """The raw assets the dbt models read (their dbt sources)."""
+    return sorted(
+        {dep for a in assets for deps in a.asset_deps.values() for dep in deps}
+        - {k for a in assets for k in a.keys},
+        key=lambda k: k.to_user_string(),
+    )
+
+
+def build_facts_sensor(
+    dbt_assets: Sequence[AssetsDefinition], partitions: TimeWindowPartitionsDefinition
+) -> SensorDefinition:
+    """The sensor that builds the facts of the days raw data was written to (on by default:
+    it acts only on new raw data)."""
+    raws = raw_keys(dbt_assets)
+
+    @sensor(
+        name=FACTS_SENSOR,
+        asset_selection=AssetSelection.assets(*dbt_assets),
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "Builds the fact partitions of the UTC days raw data was written to (each raw "
+            "materialization's days_written) and the day either side, one run per range."
+        ),
+    )
+    def fleet_facts_after_raw(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        start = int(context.cursor) if context.cursor else None
+        days: set[date] = set()
+        newest, seen = start, 0
+        for key in raws:
+            after = start
+            while True:
+                records = context.instance.fetch_materializations(
+                    AssetRecordsFilter(asset_key=key, after_storage_id=after),
+                    limit=PAGE,
+                    ascending=True,
+                ).records
+                for record in records:
+                    seen += 1
+                    m = record.asset_materialization
+                    if m is not None:
+                        days |= written_days(m.metadata, m.partition)
+                    newest = max(newest or 0, record.storage_id)
+                if len(records) < PAGE:
+                    break
+                after = records[-1].storage_id
+        cursor = str(newest) if newest is not None else context.cursor
+        ranges = fact_ranges(days, partitions, NEIGHBOUR_DAYS)
+        if not ranges:
+            return SensorResult(
+                skip_reason=f"{seen} raw materialization(s), no day written", cursor=cursor
+            )
+        keys = [k for a in dbt_assets for k in a.keys]
+        return SensorResult(
+            run_requests=[
+                RunRequest(
+                    run_key=f"facts-{cursor}-{r.first}",
+                    asset_selection=keys,
+                    tags=r.tags(),
+                )
+                for r in ranges
+            ],
+            cursor=cursor,
+        )
+
+    return fleet_facts_after_raw
+
+
+def build_facts(
+    instance: DagsterInstance, first: date | None = None, last: date | None = None
+) -> tuple[bool, str]:
+    """Materialize every dbt asset for first..last (default: every day with raw data), in
+    DAGSTER_HOME's instance like any run; (success, one line)."""
+    from dagster import materialize
+
+    from pipelines.definitions import build_defs, daily_partitions
+    from pipelines.settings import get_settings
+
+    settings = get_settings()
+    partitions = daily_partitions(settings)
+    defs = build_defs(settings)
+    dbt = [a for a in defs.assets if isinstance(a, AssetsDefinition) and _is_dbt(a)]
+    if first is None or last is None:
+        tables = [k.to_user_string().removeprefix("raw/") for k in raw_keys(dbt)]
+        days = lake_days(settings.lake_dir, tables)
+        if not days:
+            return False, f"no raw data in {settings.lake_dir}: land some first"
+        first, last = first or min(days), last or max(days)
+    ranges = fact_ranges(
+        [first + timedelta(days=i) for i in range((last - first).days + 1)], partitions
+    )
+    if not ranges:
+        return False, f"{first}..{last} has no daily partition (FLEET_START_DATE..today)"
+    span = DayRange(ranges[0].first, ranges[-1].last)
+    result = materialize(
+        list(defs.assets),
+        resources=defs.resources,
+        selection=[k for a in dbt for k in a.keys],
+        tags=span.tags(),
+        instance=instance,
+        raise_on_error=False,
+    )
+    if result.success:
+        return True, f"facts built for {span} (run {result.run_id})"
+    failed = [e.step_key for e in result.get_step_failure_events()]
+    return False, f"facts build of {span} failed (run {result.run_id}): {', '.join(failed)}"
+
+
+def _is_dbt(assets: AssetsDefinition) -> bool:
+    return assets.op.name == FACTS_ASSETS
