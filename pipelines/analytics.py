@@ -26,7 +26,7 @@ import duckdb
 from pipelines import facts
 from pipelines.facts import FactsCatalog, FactsError
 
-# The only tables the questions may read: the marts of DESIGN §6, in the `main` schema.
+# The only tables the questions may read: the marts of docs/facts.md, in the `main` schema.
 MART_TABLES = frozenset(
     {"fct_trips", "fct_fuel_events", "fct_idle_periods", "dim_vehicles", "fleet_daily"}
 )
@@ -485,7 +485,7 @@ def render(con: duckdb.DuckDBPyConnection, data_note: str) -> str:
         "tests/dbt/test_analytics_doc.py fails when this file and the SQL disagree. "
         f"Regenerate: {REGENERATE} -->",
         "",
-        "Worked SQL a fleet data engineer runs on the marts (DESIGN §6), each with why it is "
+        "Worked SQL a fleet data engineer runs on the marts (docs/facts.md), each with why it is "
         "asked and what it returned. Every query reads only the mart tables in `main` "
         "(`fct_trips`, `fct_fuel_events`, `fct_idle_periods`, `dim_vehicles`, `fleet_daily`); "
         'run one with `fleet sql "..."`, or in any DuckDB client after `ATTACH '

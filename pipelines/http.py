@@ -277,7 +277,7 @@ class RetryPolicy:
 
 @dataclass
 class RequestStats:
-    """What every raw materialization reports about its API traffic (DESIGN §4)."""
+    """What every raw materialization reports about its API traffic (docs/operations.md)."""
 
     requests: int = 0
     retries: int = 0

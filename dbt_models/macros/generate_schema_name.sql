@@ -1,4 +1,4 @@
-{#- Schema names: seeds and models all go in `main` (DESIGN §6), no target-schema prefix. -#}
+{#- Schema names: seeds and models all go in `main` (docs/facts.md), no target-schema prefix. -#}
 {% macro generate_schema_name(custom_schema_name, node) -%}
   {{ custom_schema_name or target.schema }}
 {%- endmacro %}

@@ -1,6 +1,6 @@
 """Simulated Key Telematics HTTP Export Task: the `/v2/stream` long-poll queue over the world.
 
-Behaviour follows `api-docs/kt1-http-export-task.txt`: `GET /v2/stream` hands out the head of
+Behaviour follows Key Telematics' HTTP Export reference: `GET /v2/stream` hands out the head of
 the queue as one batch `{"id", "items"}` and takes it out of the queue; `DELETE
 /v2/stream/{id}` acknowledges it for good; a batch not acknowledged within `redelivery_s` of its
 GET goes back to the FRONT of the queue and is handed out again under a new id. An empty queue
@@ -8,7 +8,7 @@ is long-polled for up to `long_poll_s` and then answered with 500. A wrong batch
 500, as the reference says ("if the incorrect reference/ID is used, a 500 error will be
 returned"). Auth is the `x-access-token` header or the `token` query parameter.
 
-Item shapes are DESIGN §2. Values are raw device values, like the real export:
+Item shapes are those of docs/kt1.md. Values are raw device values, like the real export:
 
 * `counters.odometer`: the device's CAN odometer in integer METRES, off from the true odometer by
   a fixed per-device calibration offset (between -250 km and +250 km);
@@ -72,7 +72,7 @@ _POLL_TICK_S = 0.05  # how often a waiting long poll re-checks the simulated clo
 
 
 def env(server: Kt1Server) -> dict[str, str]:
-    """The variables a pipeline needs to drain this server (DESIGN §3)."""
+    """The variables a pipeline needs to drain this server (docs/configuration.md)."""
     return {"KT1_BASE_URL": server.url, "KT1_TOKEN": server.token}
 
 

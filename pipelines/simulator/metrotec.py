@@ -1,7 +1,7 @@
 """Simulated Metrotec API: JWT login, Accept-version negotiation, and per-vehicle route log,
 stops, refuels and fuel-level history, all served as views of the shared `World`.
 
-Payload keys follow ../shared/api-docs/metrotec-api.txt; paths follow DESIGN §2 under `/api`.
+Payload keys follow Metrotec's API reference; paths are docs/metrotec.md's defaults under `/api`.
 The reference shows example payloads but not their meaning, so this model pins it down:
 
 Route log (`GET routelog`) — one row per world trip that *started* in
@@ -97,7 +97,7 @@ _FuelPoint = tuple[int, float, float, float, int, str]  # epoch s, litres, lat, 
 
 
 def env(server: MetrotecServer) -> dict[str, str]:
-    """The METROTEC_* variables (DESIGN §3) that point a client at this server."""
+    """The METROTEC_* variables (docs/configuration.md) that point a client at this server."""
     return {
         "METROTEC_BASE_URL": f"{server.url}{BASE_PATH}",
         "METROTEC_USERNAME": server.username,

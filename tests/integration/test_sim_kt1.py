@@ -23,7 +23,7 @@ AUTH = {"x-access-token": TOKEN}
 LONG_POLL_S = 0.5
 REDELIVERY_S = 0.6
 BATCH = 40
-# DESIGN §2: the fields each item type must carry (extra fields are allowed).
+# docs/kt1.md: the fields each item type must carry (extra fields are allowed).
 REQUIRED = {
     "telemetry": {
         "type", "origin", "asset", "date", "received", "active", "location", "counters", "io",

@@ -32,7 +32,8 @@ MAX_FUEL_LEVEL_PAGES = 10_000  # per vehicle and window: only a server ignoring 
 
 @dataclass(frozen=True)
 class MetrotecPaths:
-    """Endpoint paths relative to METROTEC_BASE_URL (DESIGN §2 defaults; env vars override)."""
+    """Endpoint paths relative to METROTEC_BASE_URL (docs/metrotec.md has the defaults; env
+    vars override)."""
 
     login: str = "login"
     vehicles: str = "vehicles"
