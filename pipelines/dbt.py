@@ -179,10 +179,16 @@ FACTS_POOL = "fleet_facts"
 """One facts build at a time per Dagster instance, on any machine; a file catalog's OS lock
 (`FactsCatalog.build_lock`) also keeps out builds started outside Dagster."""
 
-BUILD_TARGET = DBT_PROJECT_DIR / "target" / "builds"
-"""Every build's dbt target: one folder, so disk use stays flat (dagster-dbt's default is a new
-folder of ~5 MB per run, never deleted) and dbt's partial parse carries over from build to
-build. Builds take turns on it (an OS lock), as they do on a file catalog."""
+
+def build_target() -> Path:
+    """Every build's dbt target: one folder (FLEET_DBT_TARGET_DIR, else dbt_models/target/builds),
+    so disk use stays flat (dagster-dbt's default is a new folder of ~5 MB per run, never
+    deleted) and dbt's partial parse carries over from build to build. Builds take turns on it
+    (an OS lock), as they do on a file catalog."""
+    configured = os.environ.get("FLEET_DBT_TARGET_DIR")
+    target = Path(configured).expanduser() if configured else DBT_PROJECT_DIR / "target" / "builds"
+    return target.resolve()
+
 
 BUILD_LOCK_WAIT_S = 3600.0
 """How long a build waits for another build (or maintenance) on the same catalog file."""
@@ -212,14 +218,15 @@ def build_dbt_assets(
         os.environ.update(dbt_env(lake_dir, catalog))
         window = context.partition_time_window if context.has_partition_key_range else None
         missing = warn_missing_lake_days(context, Lake(lake_dir))
+        target = build_target()
         with (
             catalog.build_lock(BUILD_LOCK_WAIT_S) as waited,
-            exclusive(BUILD_TARGET, ".lock", "dbt build in this target", BUILD_LOCK_WAIT_S),
+            exclusive(target, ".lock", "dbt build in this target", BUILD_LOCK_WAIT_S),
         ):
             if waited >= 1:
                 context.log.info(f"waited {waited:.0f}s for another build of the facts")
             args = dbt_build_args(config, window)
-            events = dbt.cli(args, context=context, target_path=BUILD_TARGET).stream()
+            events = dbt.cli(args, context=context, target_path=target).stream()
             if window is not None:
                 events = with_rows_by_day(context, events, catalog, daily, window)
             yield from with_missing_lake_days(context, events, missing)
