@@ -1,5 +1,6 @@
 """The dbt project as Dagster assets: sources map to `raw/<source>/<table>`, one lineage graph."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -19,6 +20,7 @@ from dagster import (
     AutomationCondition,
     BackfillPolicy,
     Config,
+    Failure,
     FreshnessPolicy,
     MetadataValue,
     Output,
@@ -180,14 +182,26 @@ FACTS_POOL = "fleet_facts"
 (`FactsCatalog.build_lock`) also keeps out builds started outside Dagster."""
 
 
-def build_target() -> Path:
-    """Every build's dbt target: one folder (FLEET_DBT_TARGET_DIR, else dbt_models/target/builds),
-    so disk use stays flat (dagster-dbt's default is a new folder of ~5 MB per run, never
-    deleted) and dbt's partial parse carries over from build to build. Builds take turns on it
-    (an OS lock), as they do on a file catalog."""
+def build_target(catalog: FactsCatalog) -> Path:
+    """Every build's dbt target: one folder per catalog, so disk use stays flat (dagster-dbt's
+    default is a new folder of ~5 MB per run, never deleted) and dbt's partial parse carries
+    over from build to build. FLEET_DBT_TARGET_DIR, else `dbt_target` beside a file catalog
+    (whose build lock keeps builds on it one at a time), else dbt_models/target/builds."""
     configured = os.environ.get("FLEET_DBT_TARGET_DIR")
-    target = Path(configured).expanduser() if configured else DBT_PROJECT_DIR / "target" / "builds"
-    return target.resolve()
+    if configured:
+        return Path(configured).expanduser().resolve()
+    if catalog.path is not None:
+        return catalog.path.parent / "dbt_target"
+    return DBT_PROJECT_DIR / "target" / "builds"
+
+
+def build_turn(catalog: FactsCatalog, target: Path) -> contextlib.AbstractContextManager[float]:
+    """One build at a time on the catalog and its dbt target: a file catalog's build lock, else
+    an OS lock on the target (a Postgres catalog's builds are kept apart by the `fleet_facts`
+    pool; this keeps two on one machine out of one target). Yields the seconds waited."""
+    if catalog.path is not None and not os.environ.get("FLEET_DBT_TARGET_DIR"):
+        return catalog.build_lock(BUILD_LOCK_WAIT_S)
+    return exclusive(target, ".lock", "facts build in this dbt target", BUILD_LOCK_WAIT_S)
 
 
 BUILD_LOCK_WAIT_S = 3600.0
@@ -215,14 +229,22 @@ def build_dbt_assets(
     def fleet_dbt_models(
         context: AssetExecutionContext, dbt: DbtCliResource, config: FactsBuildConfig
     ) -> Iterator[Any]:
+        if not context.has_partition_key_range and any(
+            context.assets_def.specs_by_key[key].partitions_def is not None
+            for key in context.selected_asset_keys
+        ):
+            raise Failure(
+                description=(
+                    "the daily fact assets need a partition range: run them with "
+                    "`fleet facts build`, `--partition-range FIRST...LAST`, or a backfill"
+                ),
+                allow_retries=False,
+            )
         os.environ.update(dbt_env(lake_dir, catalog))
         window = context.partition_time_window if context.has_partition_key_range else None
         missing = warn_missing_lake_days(context, Lake(lake_dir))
-        target = build_target()
-        with (
-            catalog.build_lock(BUILD_LOCK_WAIT_S) as waited,
-            exclusive(target, ".lock", "dbt build in this target", BUILD_LOCK_WAIT_S),
-        ):
+        target = build_target(catalog)
+        with build_turn(catalog, target) as waited:
             if waited >= 1:
                 context.log.info(f"waited {waited:.0f}s for another build of the facts")
             args = dbt_build_args(config, window)

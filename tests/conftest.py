@@ -45,6 +45,22 @@ def facts_env(catalog_path: Path) -> dict[str, str]:
     }
 
 
+def fact_days(lake_dir: Path | None = None) -> dict[str, str]:
+    """Run tags of the fact partitions of every day the lake (FLEET_LAKE_DIR) holds raw data for:
+    the fact assets are partitioned by day, so a run of them takes a partition range."""
+    from pipelines.facts_build import DayRange
+
+    lake = lake_dir or Path(os.environ["FLEET_LAKE_DIR"])
+    days = [
+        date.fromisoformat(folder.name.removeprefix("day="))
+        for folder in lake.glob("*/*/day=*")
+        if folder.parent.name != "quarantine"
+        and any(f.name != "_schema.parquet" for f in folder.glob("*.parquet"))
+    ]
+    assert days, f"no raw data in {lake}"
+    return DayRange(min(days), max(days)).tags()
+
+
 def facts_connect(catalog_path: Path, latest: bool = False) -> duckdb.DuckDBPyConnection:
     from pipelines.facts import FactsCatalog, connect
 

@@ -19,7 +19,7 @@ from dagster import AssetKey, materialize
 from pipelines.definitions import build_defs
 from pipelines.simulator.autopi import AutoPiServer, env
 from pipelines.simulator.world import World
-from tests.conftest import facts_connect, facts_env
+from tests.conftest import fact_days, facts_connect, facts_env
 
 MODELS = [
     "autopi_vehicle_tanks",
@@ -65,7 +65,9 @@ def built_env(tmp_path_factory, world: World) -> Path:
         raw = [AssetKey(["raw", "autopi", "trips"]), AssetKey(["raw", "autopi", "datapoints"])]
         assert materialize(list(defs.assets), resources=defs.resources, selection=raw).success
         models = [AssetKey([m]) for m in MODELS]
-        assert materialize(list(defs.assets), resources=defs.resources, selection=models).success
+        assert materialize(
+            list(defs.assets), resources=defs.resources, selection=models, tags=fact_days()
+        ).success
     return tmp
 
 
@@ -161,10 +163,14 @@ def test_a_daily_incremental_build_equals_a_full_build(
         monkeypatch.setenv(key, value)
     defs = build_defs()
     models = [AssetKey([m]) for m in MODELS]
-    assert materialize(list(defs.assets), resources=defs.resources, selection=models).success
+    assert materialize(
+        list(defs.assets), resources=defs.resources, selection=models, tags=fact_days()
+    ).success
     for table in ("trips", "datapoints"):
         shutil.copytree(held / table, lake / "autopi" / table, dirs_exist_ok=True)
-    assert materialize(list(defs.assets), resources=defs.resources, selection=models).success
+    assert materialize(
+        list(defs.assets), resources=defs.resources, selection=models, tags=fact_days()
+    ).success
     with facts_connect(tmp_path / "fleet_catalog.sqlite") as incremental:
         for model, key in [
             ("int_autopi__speed_intervals", "source_trip_id, line_no"),

@@ -17,7 +17,7 @@ from pipelines.lake import Lake
 from pipelines.simulator.avl import AvlServer
 from pipelines.simulator.avl import env as avl_env
 from pipelines.simulator.world import World
-from tests.conftest import facts_connect, facts_env
+from tests.conftest import fact_days, facts_connect, facts_env
 from tests.kt1_support import run_drain, start_server
 
 NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
@@ -60,7 +60,10 @@ def built_env(tmp_path_factory, kt1_world: World):
             for server, group in zip(servers, (20, 7), strict=True):
                 assert run_drain(server, group_max_batches=group).success
                 assert materialize(
-                    list(defs.assets), resources=defs.resources, selection="kind:dbt"
+                    list(defs.assets),
+                    resources=defs.resources,
+                    selection="kind:dbt",
+                    tags=fact_days(),
                 ).success
         finally:
             avl.stop()

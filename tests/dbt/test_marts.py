@@ -9,7 +9,7 @@ from dagster import AssetKey, materialize
 
 from pipelines.definitions import build_defs
 from pipelines.simulator.avl import AvlServer
-from tests.conftest import facts_connect, facts_env
+from tests.conftest import fact_days, facts_connect, facts_env
 
 FIRST, LAST = date(2026, 3, 1), date(2026, 3, 14)
 
@@ -56,7 +56,9 @@ def _build() -> None:
         tags=tags,
     )
     assert raw.success
-    facts = materialize(list(defs.assets), resources=defs.resources, selection="kind:dbt")
+    facts = materialize(
+        list(defs.assets), resources=defs.resources, selection="kind:dbt", tags=fact_days()
+    )
     assert facts.success  # includes every dbt data test
 
 
@@ -130,7 +132,9 @@ def test_trip_ids_are_stable_across_rebuilds(built_env, monkeypatch) -> None:
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("FLEET_LAKE_DIR", str(built_env / "lake"))
     defs = build_defs()
-    assert materialize(list(defs.assets), resources=defs.resources, selection="kind:dbt").success
+    assert materialize(
+        list(defs.assets), resources=defs.resources, selection="kind:dbt", tags=fact_days()
+    ).success
     assert trip_ids() == before
 
 

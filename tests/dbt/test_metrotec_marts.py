@@ -12,7 +12,7 @@ from dagster import AssetKey, materialize
 from pipelines.definitions import build_defs
 from pipelines.simulator.avl import AvlServer
 from pipelines.simulator.metrotec import IDLE_STOP_MIN_S
-from tests.conftest import SIM_NOW, facts_connect, facts_env
+from tests.conftest import SIM_NOW, fact_days, facts_connect, facts_env
 from tests.metrotec_support import ScriptedMetrotecServer, day_bounds, truth_trips
 
 FIRST, LAST = date(2026, 3, 2), date(2026, 3, 15)
@@ -61,7 +61,9 @@ def built(tmp_path_factory, sims):
             list(defs.assets), resources=defs.resources, selection=raw, tags=RANGE_TAGS
         )
         assert landing.success
-        facts = materialize(list(defs.assets), resources=defs.resources, selection="kind:dbt")
+        facts = materialize(
+            list(defs.assets), resources=defs.resources, selection="kind:dbt", tags=fact_days()
+        )
         assert facts.success  # every dbt data test included
     con = facts_connect(tmp / "fleet_catalog.sqlite")
     yield con

@@ -24,7 +24,7 @@ from dagster import AssetKey, materialize
 from pipelines.definitions import build_defs
 from pipelines.simulator.kt1 import Kt1Server
 from pipelines.simulator.world import World
-from tests.conftest import facts_connect, facts_env
+from tests.conftest import fact_days, facts_connect, facts_env
 from tests.kt1_support import (
     TOKEN,
     identities,
@@ -95,6 +95,7 @@ def crashed(tmp_path_factory):
                 list(defs.assets),
                 resources=defs.resources,
                 selection=[AssetKey(name) for name in STAGING],
+                tags=fact_days(),
             )
             assert built.success  # includes the unique/not_null tests of every staging key
         finally:

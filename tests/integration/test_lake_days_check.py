@@ -36,6 +36,7 @@ from pipelines.checks import (
 )
 from pipelines.lake import Lake
 from pipelines.resources import LakeResource
+from tests.conftest import fact_days
 
 AVL_KEY = AssetKey(["raw", "avl", "trips"])
 D1, D2, D3, D4 = (date(2026, 3, d) for d in (2, 3, 4, 5))
@@ -136,7 +137,11 @@ def test_the_facts_build_warns_of_a_missing_lake_day_and_still_builds(
     defs = build_defs()
     staging = AssetKey(["stg_avl__trips"])
     result = materialize(
-        list(defs.assets), resources=defs.resources, selection=[staging], instance=instance
+        list(defs.assets),
+        resources=defs.resources,
+        selection=[staging],
+        instance=instance,
+        tags=fact_days(),
     )
     assert result.success  # the data may have been deleted on purpose: warn, don't fail
     warnings = [
@@ -146,9 +151,12 @@ def test_the_facts_build_warns_of_a_missing_lake_day_and_still_builds(
     ]
     assert len(warnings) == 1 and D2.isoformat() in warnings[0], warnings
     assert D1.isoformat() not in warnings[0] and D3.isoformat() not in warnings[0]
-    (built,) = (e for e in result.get_asset_materialization_events() if e.asset_key == staging)
-    flagged = built.materialization.metadata["missing_lake_days"].value
-    assert flagged == {"raw/avl/trips": D2.isoformat()}
+    # One materialization per fact day of the run, each flagged.
+    built = [e for e in result.get_asset_materialization_events() if e.asset_key == staging]
+    assert built
+    for event in built:
+        flagged = event.materialization.metadata["missing_lake_days"].value
+        assert flagged == {"raw/avl/trips": D2.isoformat()}
 
 
 # ---- drains: days_written ---------------------------------------------------------------------
