@@ -38,7 +38,7 @@ def _run(
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a few minutes alone; more beside other tests on two cores
     )
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.facts import ALIAS, FactsCatalog, attach, connect
-from pipelines.facts_maintenance import _mark, facts_maintenance, maintain
+from pipelines.facts import ALIAS, FactsCatalog, attach, connect, mark_build
+from pipelines.facts_maintenance import facts_maintenance, maintain
 
 
 def _catalog(tmp_path: Path) -> FactsCatalog:
@@ -31,7 +31,7 @@ def _build(catalog: FactsCatalog, rounds: int) -> None:
             "INSERT INTO fct_trips SELECT 't' || i, DATE '2026-03-01', ? FROM range(50) r(i)",
             [float(n)],
         )
-        _mark(con, f"build {n}")
+        mark_build(con, f"build {n}")
     con.execute("INSERT INTO fct_trips VALUES ('half', DATE '2026-03-02', 1.0)")
     con.close()
 

@@ -81,14 +81,30 @@ SOURCES = {
 }
 
 
-def wait_for(what: str, predicate: Callable[[], object], timeout_s: float) -> object:
+def wait_for(
+    what: str,
+    predicate: Callable[[], object],
+    timeout_s: float,
+    state: Callable[[], str] = lambda: "",
+) -> object:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{state()}")
+
+
+def run_states(instance: DagsterInstance) -> str:
+    """Every run's job, status and age, for a timeout's message."""
+    now = time.time()
+    lines = [
+        f"{r.dagster_run.job_name} {r.dagster_run.status.value} "
+        f"created {now - r.create_timestamp.timestamp():.0f}s ago"
+        for r in instance.get_run_records()
+    ]
+    return "; runs: " + ", ".join(lines)
 
 
 @pytest.fixture
@@ -200,13 +216,16 @@ def test_a_killed_run_frees_its_source_and_the_next_run_completes(
     assert launch.returncode == 0, launch.stdout + launch.stderr
     finished = wait_for(
         "the queued run to finish",
-        # Of this job: the facts automation may launch a dbt run after a raw table lands.
+        # Of this job: the facts sensor may launch a dbt run after a raw table lands.
         lambda: [
             r
             for r in runs(instance)
             if r.run_id != dead.run_id and r.job_name == spec.job and r.is_finished
         ],
-        240,
+        # The dead run is noticed within seconds; the rest is the run itself, which shares
+        # two cores with the facts build its landing starts and, in CI, with other tests.
+        600,
+        lambda: run_states(instance),
     )
     assert finished[0].status == DagsterRunStatus.SUCCESS, source
     failed = instance.get_run_by_id(dead.run_id)
