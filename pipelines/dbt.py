@@ -6,12 +6,13 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -25,10 +26,13 @@ from dagster import (
     MetadataValue,
     Output,
     PartitionsDefinition,
+    TableColumn,
+    TableSchema,
     TimeWindow,
 )
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from pipelines.asset_metadata import OWNERS
 from pipelines.checks import LAKE_DAYS_CHECK, describe_days, missing_lake_days
 from pipelines.facts import FactsCatalog
 from pipelines.facts import connect as facts_connect
@@ -132,6 +136,58 @@ class FleetDbtTranslator(DagsterDbtTranslator):
     ) -> AutomationCondition | None:
         return None
 
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> Sequence[str] | None:
+        return OWNERS
+
+    def get_tags(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, str]:
+        layer = next(
+            (p for p in dbt_resource_props.get("fqn", []) if p in {"staging", "intermediate"}),
+            "marts" if dbt_resource_props.get("resource_type") == "model" else "seeds",
+        )
+        return {**super().get_tags(dbt_resource_props), "layer": layer}
+
+    def get_asset_check_spec(
+        self,
+        asset_spec: AssetSpec,
+        manifest: Mapping[str, Any],
+        unique_id: str,
+        project: DbtProject | None,
+    ) -> AssetCheckSpec | None:
+        """dbt's data tests as checks, each saying in words what it holds (dbt gives none)."""
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None or spec.description:
+            return spec
+        test = manifest["nodes"][unique_id]
+        return spec._replace(description=describe_test(test, asset_spec.key.path[-1]))
+
+
+def describe_test(test: Mapping[str, Any], model: str) -> str:
+    """One sentence for a dbt data test: its kind and arguments as a reader says them."""
+    meta = test.get("test_metadata") or {}
+    kwargs = meta.get("kwargs") or {}
+    column = kwargs.get("column_name")
+    kind = meta.get("name")
+    if kind == "unique":
+        return f"{column} is unique in {model}"
+    if kind == "not_null":
+        return f"{column} is never null in {model}"
+    if kind == "accepted_values":
+        values = ", ".join(str(v) for v in kwargs.get("values", []))
+        return f"{column} of {model} is one of: {values}"
+    if kind == "relationships":
+        to = str(kwargs.get("to", "")).removeprefix("ref('").removesuffix("')")
+        return f"every {column} of {model} is a {kwargs.get('field')} of {to}"
+    if kind:
+        shown = ", ".join(
+            f"{k}={v}" for k, v in kwargs.items() if k not in {"model", "column_name"}
+        )
+        return (
+            f"{kind} on {model}"
+            + (f".{column}" if column else "")
+            + (f" ({shown})" if shown else "")
+        )
+    return f"{test['name']}: a SQL test of {model} (tests/{test['name']}.sql) that returns no rows"
+
 
 def dbt_env(lake_dir: Path, catalog: FactsCatalog) -> dict[str, str]:
     """dbt runs in its project dir: hand it absolute paths so relative settings still work,
@@ -220,7 +276,6 @@ def build_dbt_assets(
 
     @dbt_assets(
         manifest=manifest_path,
-        project=dbt_project,
         dagster_dbt_translator=FleetDbtTranslator(daily, partitions),
         name=FACTS_ASSETS,
         backfill_policy=BackfillPolicy.single_run(),
@@ -249,59 +304,85 @@ def build_dbt_assets(
                 context.log.info(f"waited {waited:.0f}s for another build of the facts")
             args = dbt_build_args(config, window)
             events = dbt.cli(args, context=context, target_path=target).stream()
-            if window is not None:
-                events = with_rows_by_day(context, events, catalog, daily, window)
+            events = with_table_metadata(context, events, catalog, daily, window)
             yield from with_missing_lake_days(context, events, missing)
 
     return [fleet_dbt_models]
 
 
-def with_rows_by_day(
+def with_table_metadata(
     context: AssetExecutionContext,
     events: Iterable[Any],
     catalog: FactsCatalog,
     daily: Mapping[str, str],
-    window: TimeWindow,
+    window: TimeWindow | None,
 ) -> Iterator[Any]:
-    """dbt's events, each daily table's output carrying `rows_by_day` (its rows per UTC day of
-    the run's days, 0 for a day without any) and `rows` (their sum): what every partition of
-    the range now holds, on the partition's own materialization."""
-    first = window.start.astimezone(UTC).date()
-    days = [first + timedelta(days=i) for i in range((window.end - window.start).days)]
+    """dbt's events, each model's output carrying what the catalog now holds: its columns with
+    their types (`dagster/column_schema`), its rows (`dagster/row_count`, tables only: counting
+    a view would run it) and, for a daily table in a partitioned run, each day's own rows on
+    that day's materialization (`rows`, `dagster/partition_row_count`; 0 for a day without
+    any), with `rows_by_day` for the run as a whole."""
+    days: list[date] = []
+    if window is not None:
+        first = window.start.astimezone(UTC).date()
+        days = [first + timedelta(days=i) for i in range((window.end - window.start).days)]
     con = None
     try:
         for event in events:
             if isinstance(event, Output):
-                name = context.asset_key_for_output(event.output_name).path[-1]
-                if name in daily:
-                    if con is None:
-                        con = facts_connect(read_only=True, catalog=catalog, latest=True)
+                key = context.asset_key_for_output(event.output_name)
+                if con is None:
+                    con = facts_connect(read_only=True, catalog=catalog, latest=True)
+                extra = describe_relation(con, key.path[-1])
+                name = key.path[-1]
+                if extra and name in daily and days and "dagster/row_count" in extra:
                     counts = count_rows_by_day(con, name, daily[name], days)
-                    if counts is not None:
-                        event = event.with_metadata(
-                            {
-                                **event.metadata,
-                                "rows": MetadataValue.int(sum(counts.values())),
-                                "rows_by_day": MetadataValue.json(counts),
-                            }
+                    for day, n in counts.items():
+                        context.add_asset_metadata(
+                            {"rows": n, "dagster/partition_row_count": n},
+                            asset_key=key,
+                            partition_key=day,
                         )
+                    extra["rows"] = MetadataValue.int(sum(counts.values()))
+                    extra["rows_by_day"] = MetadataValue.json(counts)
+                if extra:
+                    event = event.with_metadata({**event.metadata, **extra})
             yield event
     finally:
         if con is not None:
             con.close()
 
 
-def count_rows_by_day(
-    con: Any, model: str, event_time: str, days: list[date]
-) -> dict[str, int] | None:
-    """Rows per UTC day of `days` in a daily table; None for a view (counting would run it)."""
+def describe_relation(con: Any, model: str) -> dict[str, Any]:
+    """A model's relation in the catalog: its columns and types, and its rows if a table; {}
+    when it is not there (an ephemeral model)."""
     kind = con.execute(
         "select table_type from information_schema.tables "
         "where table_catalog = 'facts' and table_schema = 'main' and table_name = ?",
         [model],
     ).fetchone()
-    if kind is None or kind[0] != "BASE TABLE":
-        return None
+    if kind is None:
+        return {}
+    columns = con.execute(
+        "select column_name, data_type from information_schema.columns "
+        "where table_catalog = 'facts' and table_schema = 'main' and table_name = ? "
+        "order by ordinal_position",
+        [model],
+    ).fetchall()
+    metadata: dict[str, Any] = {
+        "dagster/column_schema": MetadataValue.table_schema(
+            TableSchema(columns=[TableColumn(name=n, type=t) for n, t in columns])
+        ),
+        "dagster/table_name": MetadataValue.text(f"facts.main.{model}"),
+    }
+    if kind[0] == "BASE TABLE":
+        (rows,) = con.execute(f'select count(*) from facts.main."{model}"').fetchone()
+        metadata["dagster/row_count"] = MetadataValue.int(rows)
+    return metadata
+
+
+def count_rows_by_day(con: Any, model: str, event_time: str, days: list[date]) -> dict[str, int]:
+    """Rows per UTC day of `days` in a daily table."""
     day = event_time if event_time == "day" else f"cast({event_time} at time zone 'UTC' as date)"
     rows = con.execute(
         f"select {day}, count(*) from facts.main.{model} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,6 +14,7 @@ from pipelines.definitions import build_defs
 from pipelines.lake import Lake
 from pipelines.simulator.avl import AvlServer
 from pipelines.sources.avl.client import plan_windows
+from tests.conftest import WORLD_END
 
 AVL_KEY = AssetKey(["raw", "avl", "trips"])
 TALLINN = ZoneInfo("Europe/Tallinn")
@@ -98,7 +100,39 @@ def test_three_month_backfill_makes_zero_429s_and_the_minimum_requests(
         if r["trip_start"] is None
     )
     assert orphans > 0 and meta["null_trip_start_rows"] == orphans
-    assert meta["rows"] == len(rows) and meta["files"] == 90 and meta["bytes"] > 0
+    # One materialization per day, each with that day's own figures (not the run's).
+    days = day_metadata(result)
+    assert len(days) == 90 and all(m["files"] == 1 and m["bytes"] > 0 for m in days.values())
+    assert sum(m["rows"] for m in days.values()) == len(rows)
+    assert meta["dagster/row_count"] == len(rows)
+
+
+def day_metadata(result: ExecuteInProcessResult) -> dict[str, dict]:
+    """Each partition's metadata, by day."""
+    return {
+        e.partition: {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def test_each_day_of_a_backfill_shows_its_own_rows_and_a_day_without_data_shows_zero(
+    avl_env, avl_sim: AvlServer
+) -> None:
+    first, last = WORLD_END - timedelta(days=2), WORLD_END + timedelta(days=2)
+    result = run_avl(first, last)
+    assert result.success
+    lake = Lake(avl_env.lake_dir)
+    table = lake.read("avl", "trips")
+    held = {d.isoformat(): n for d, n in Counter(table["day"].to_pylist()).items()}
+    days = day_metadata(result)
+    assert sorted(days) == [(first + timedelta(days=i)).isoformat() for i in range(5)]
+    for day, meta in days.items():
+        assert meta["rows"] == meta["dagster/partition_row_count"] == held.get(day, 0), day
+    assert days[(WORLD_END + timedelta(days=1)).isoformat()]["rows"] == 0  # past the data
+    assert days[WORLD_END.isoformat()]["rows"] > 0
+    # The run's API figures and the table's size are the run's and the table's, said once each.
+    assert {m["api_requests"] for m in days.values()} == {len(avl_sim.requests())}
+    assert {m["dagster/row_count"] for m in days.values()} == {table.num_rows}
 
 
 def test_rows_land_in_the_partition_of_their_utc_start_day(avl_env, avl_sim: AvlServer) -> None:

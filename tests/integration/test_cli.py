@@ -42,7 +42,9 @@ def _run(
     )
 
 
-def test_demo_lands_the_fleet_builds_facts_and_prints_a_summary(tmp_path: Path, fleet_env) -> None:
+def test_demo_lands_the_fleet_builds_facts_and_prints_a_summary(
+    tmp_path: Path, fleet_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     done = _run(
         ["demo", "--days", "3", "--vehicles", "4", "--data-dir", str(tmp_path / "data")], tmp_path
     )
@@ -79,6 +81,74 @@ def test_demo_lands_the_fleet_builds_facts_and_prints_a_summary(tmp_path: Path, 
         and len(wrong.stdout.strip().splitlines()) <= 2
         and "nope" in wrong.stdout
     )
+
+    _the_demo_runs_belong_to_the_code_location(tmp_path / "data", monkeypatch)
+
+
+REEXECUTE = """
+mutation ($parent: String!) {
+  launchPipelineReexecution(reexecutionParams: {parentRunId: $parent, strategy: ALL_STEPS}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}
+"""
+
+
+def _the_demo_runs_belong_to_the_code_location(data: Path, monkeypatch) -> None:
+    """Each demo run is the code location's asset job, tagged with its step, so the UI lists
+    it under `fleet_pipelines` and re-executes it: here through the UI's own GraphQL mutation,
+    on the location workspace.yaml defines, and the re-executed facts build succeeds."""
+    from dagster import DagsterInstance, DagsterRunStatus
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    root = Path(__file__).resolve().parents[2]
+    for key, value in facts_env(data / "fleet_catalog.sqlite").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FLEET_LAKE_DIR", str(data / "lake"))
+    monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster"))
+    monkeypatch.chdir(root)
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert {r.tags.get("fleet/demo_step") for r in runs} == {
+            "avl-trips",
+            "metrotec",
+            "kt1-stream",
+            "autopi-exports",
+            "dbt-build",
+        }
+        assert {r.job_name for r in runs} == {"__ASSET_JOB"}
+        assert {r.remote_job_origin.location_name for r in runs} == {"fleet_pipelines"}
+        (build,) = [r for r in runs if r.tags["fleet/demo_step"] == "dbt-build"]
+        target = WorkspaceFileTarget(paths=[str(root / "workspace.yaml")])
+        with WorkspaceProcessContext(instance, target) as workspace:
+            answer = execute_dagster_graphql(
+                workspace.create_request_context(), REEXECUTE, {"parent": build.run_id}
+            )
+        launched = answer.data["launchPipelineReexecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        # The run is queued, as from the UI of `fleet dev`: its daemon launches it.
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while not (run := instance.get_run_by_id(run_id)).is_finished:
+                assert time.monotonic() < deadline, f"re-executed run still {run.status}"
+                time.sleep(2)
+        finally:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            daemon.wait(timeout=60)
+        assert run.status == DagsterRunStatus.SUCCESS and run.parent_run_id == build.run_id
+        assert run.tags["fleet/demo_step"] == "dbt-build"
 
 
 def test_sql_without_a_database_says_how_to_make_one(tmp_path: Path, fleet_env) -> None:

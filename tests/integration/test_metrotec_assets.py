@@ -75,6 +75,15 @@ def metadata(result: ExecuteInProcessResult, key: AssetKey) -> dict:
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
+def day_metadata(result: ExecuteInProcessResult, key: AssetKey) -> dict[str, dict]:
+    """Each partition's metadata for `key`, by day."""
+    return {
+        e.partition: {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == key
+    }
+
+
 def failure_line(result: ExecuteInProcessResult) -> str:
     (event,) = result.get_step_failure_events()
     return event.step_failure_data.user_failure_data.description
@@ -145,7 +154,12 @@ def test_a_backfill_lands_every_table_per_utc_day_matching_the_world(
         files = lake.files("metrotec", table)
         assert len(files) == 35 and all(f.name == "data.parquet" for f in files)
         meta = metadata(result, KEYS[table])
-        assert meta["rows"] == len(landed(metrotec_env, table)) and meta["files"] == 35
+        days = day_metadata(result, KEYS[table])
+        by_day = Counter(r["day"].isoformat() for r in landed(metrotec_env, table))
+        assert len(days) == 35  # each day of the run: its own rows and file
+        assert {d: m["rows"] for d, m in days.items()} == {d: by_day.get(d, 0) for d in days}
+        assert all(m["files"] == 1 for m in days.values())
+        assert meta["dagster/row_count"] == len(landed(metrotec_env, table))
         assert meta["vehicles"] == len(vehicles) and meta["api_windows"] == 2
         assert meta["quarantined_rows"] == 0 and meta["http_429s"] == 0
         assert meta["days_written"] == [(first + timedelta(days=i)).isoformat() for i in range(35)]
@@ -364,7 +378,8 @@ def test_unreadable_values_are_quarantined_with_field_and_value_and_the_check_wa
     for path in files:
         assert pq.read_schema(path).names == [*QUARANTINE_SCHEMA.names, "vehicle_id"]
     levels = landed(metrotec_env, "fuel_levels")
-    assert levels and len(levels) == metadata(result, KEYS["fuel_levels"])["rows"]
+    days = day_metadata(result, KEYS["fuel_levels"])
+    assert levels and len(levels) == sum(m["rows"] for m in days.values())
 
     # Landing the days again from a healed API replaces their quarantine: nothing is left.
     metrotec_sim.damage = []

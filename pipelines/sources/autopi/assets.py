@@ -34,8 +34,14 @@ from dagster import (
 )
 from pydantic import Field
 
+from pipelines.asset_metadata import (
+    OWNERS,
+    landed_metadata,
+    raw_definition_metadata,
+    raw_tags,
+)
 from pipelines.http import VendorAPIError
-from pipelines.lake import QUARANTINE_TABLE
+from pipelines.lake import QUARANTINE_TABLE, Lake
 from pipelines.resources import LakeResource, credential_failure
 from pipelines.settings import SettingError
 from pipelines.sources.autopi.drain import (
@@ -44,6 +50,7 @@ from pipelines.sources.autopi.drain import (
     request_reexports,
     waiting_exports,
 )
+from pipelines.sources.autopi.export import DATAPOINTS_SCHEMA, TRIPS_SCHEMA
 from pipelines.sources.autopi.landing import DATAPOINTS, EMPTY_DAY, SOURCE, TRIPS
 from pipelines.sources.autopi.resources import AutoPiResource
 from pipelines.sources.autopi.state import STATE_DIR, ExportLedger, state_path
@@ -81,6 +88,12 @@ class AutoPiDrainConfig(Config):
     reexport_wait_s: float = Field(default=900.0, description="How long to wait for re-runs.")
 
 
+def _listed(values: Sequence[str]) -> list[str]:
+    """The first LISTED values, and how many more, as a list the UI shows one per line."""
+    more = [f"... and {len(values) - LISTED} more"] if len(values) > LISTED else []
+    return [*values[:LISTED], *more]
+
+
 def _ids(values: Sequence[int]) -> str:
     shown = ", ".join(str(v) for v in values[:LISTED])
     return shown + (f", ... ({len(values)} in all)" if len(values) > LISTED else "")
@@ -98,6 +111,9 @@ def build_autopi_exports() -> AssetsDefinition:
                 TRIPS_KEY,
                 group_name="autopi",
                 kinds={"python", "parquet"},
+                owners=OWNERS,
+                tags=raw_tags(SOURCE),
+                metadata=raw_definition_metadata(SOURCE, TRIPS, TRIPS_SCHEMA),
                 description=(
                     "One row per AutoPi trip export (the export's first line, typed, plus the "
                     "task, result hash and counts), in day=<UTC day of the trip start>, one "
@@ -109,6 +125,9 @@ def build_autopi_exports() -> AssetsDefinition:
                 DATAPOINTS_KEY,
                 group_name="autopi",
                 kinds={"python", "parquet"},
+                owners=OWNERS,
+                tags=raw_tags(SOURCE),
+                metadata=raw_definition_metadata(SOURCE, DATAPOINTS, DATAPOINTS_SCHEMA),
                 description=(
                     "Every datapoint of every landed export, one file per trip: declared keys "
                     "typed, every other key kept in the `extra` JSON column. Malformed lines "
@@ -185,7 +204,7 @@ def build_autopi_exports() -> AssetsDefinition:
             f"in {time.monotonic() - started:.1f}s"
         )
         quarantine_dir = lake_.root / SOURCE / QUARANTINE_TABLE
-        yield from _results(report, client.stats.as_metadata(), refused, quarantine_dir)
+        yield from _results(report, client.stats.as_metadata(), refused, lake_, quarantine_dir)
 
     return autopi_exports
 
@@ -228,6 +247,7 @@ def _results(
     report: DrainReport,
     api: dict[str, float | int],
     refused: dict[str, str],
+    lake: Lake,
     quarantine_dir: Path,
 ) -> Iterator[Any]:
     landed = report.landed
@@ -255,7 +275,8 @@ def _results(
             "exports_failed": len(report.failed),
             "redownloads": report.redownloads,
             "reexports_refused": len(refused),
-            "landed_trip_ids": ", ".join(t.trip_id for t in landed[:LISTED]),
+            "landed_trip_ids": MetadataValue.json(_listed([t.trip_id for t in landed])),
+            **landed_metadata(lake, SOURCE, TRIPS),
         },
     )
     yield MaterializeResult(
@@ -272,6 +293,7 @@ def _results(
             "new_keys": ", ".join(report.new_keys),
             "slow_path_lines": sum(t.stats.slow_lines for t in landed),
             "decompressed_bytes": sum(t.stats.decompressed_bytes for t in landed),
+            **landed_metadata(lake, SOURCE, DATAPOINTS),
         },
     )
     yield AssetCheckResult(

@@ -29,9 +29,24 @@ from dagster import (
 )
 from pydantic import Field
 
+from pipelines.asset_metadata import (
+    OWNERS,
+    add_day_figures,
+    day_figures,
+    landed_metadata,
+    raw_definition_metadata,
+    raw_tags,
+)
 from pipelines.resources import LakeResource, credential_failure
 from pipelines.settings import SettingError
-from pipelines.sources.avl.extract import AvlExtract, GuardedLanding, extract_trips
+from pipelines.sources.avl.extract import (
+    SOURCE,
+    TABLE,
+    TRIPS_SCHEMA,
+    AvlExtract,
+    GuardedLanding,
+    extract_trips,
+)
 from pipelines.sources.avl.resources import AvlResource
 
 ASSET_KEY = AssetKey(["raw", "avl", "trips"])
@@ -106,6 +121,9 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
         ],
         group_name="avl",
         kinds={"python", "parquet"},
+        owners=OWNERS,
+        tags=raw_tags(SOURCE),
+        metadata=raw_definition_metadata(SOURCE, TABLE, TRIPS_SCHEMA),
         description=(
             "AVL Trips Report rows, one row per trip, landed per UTC day of trip_start. "
             "Rows without trip_start are counted, not loaded; rows with a bad value are "
@@ -147,10 +165,13 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
             client.close()
         _log_warnings(context, result)
         days_written = MetadataValue.json(sorted(d.isoformat() for d in landing.written))
+        # The run's figures; each day's own rows, files and bytes override them on its
+        # materialization (asset_metadata.add_day_figures).
         metadata = {
             "rows": landing.rows_written,
             "files": result.files,
             "bytes": result.bytes,
+            **landed_metadata(landing.lake, SOURCE, TABLE),
             **client.stats.as_metadata(),
             "rows_received": result.rows_received,
             "null_trip_start_rows": result.null_trip_start,
@@ -166,6 +187,7 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
         }
         if landing.refused:
             raise _refusal_failure(context, landing, metadata)
+        add_day_figures(context, ASSET_KEY, days, landing.written)
         in_progress = AssetCheckResult(
             check_name=IN_PROGRESS_CHECK,
             passed=result.in_progress == 0,
@@ -224,7 +246,7 @@ def _refusal_failure(
     for day, written in sorted(landing.written.items()):
         context.log_event(
             AssetMaterialization(
-                asset_key=ASSET_KEY, partition=day.isoformat(), metadata={"rows": written.rows}
+                asset_key=ASSET_KEY, partition=day.isoformat(), metadata=day_figures(written)
             )
         )
     shown = "; ".join(

@@ -30,12 +30,18 @@ from dagster import (
     schedule,
 )
 
+from pipelines.asset_metadata import (
+    OWNERS,
+    landed_metadata,
+    raw_definition_metadata,
+    raw_tags,
+)
 from pipelines.http import VendorAPIError
 from pipelines.lake import Lake
 from pipelines.resources import LakeResource, credential_failure
 from pipelines.settings import SettingError
 from pipelines.sources.kt1.drain import DrainBusy, DrainResult, drain_stream
-from pipelines.sources.kt1.extract import QUARANTINE, SOURCE, TABLES
+from pipelines.sources.kt1.extract import QUARANTINE, SCHEMAS, SOURCE, TABLES
 from pipelines.sources.kt1.resources import Kt1Resource
 
 ASSET_KEYS = {table: AssetKey(["raw", SOURCE, table]) for table in TABLES}
@@ -80,6 +86,9 @@ def _build_asset() -> AssetsDefinition:
             key=key,
             group_name=SOURCE,
             kinds={"python", "parquet"},
+            owners=OWNERS,
+            tags=raw_tags(SOURCE),
+            metadata=raw_definition_metadata(SOURCE, table, SCHEMAS[table]),
             description=(
                 f"kt1 export stream, {table}: {_DESCRIPTIONS[table]} Landed per UTC day of the "
                 "item's own timestamp; redeliveries land again and are removed by item identity "
@@ -170,6 +179,7 @@ def _build_asset() -> AssetsDefinition:
                     "bytes": landing.bytes,
                     "days_written": MetadataValue.json(sorted(d.isoformat() for d in landing.days)),
                     "quarantined_rows": quarantined,
+                    **landed_metadata(lake_, SOURCE, table),
                     **shared,
                 },
                 check_results=checks,

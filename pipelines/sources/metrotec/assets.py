@@ -40,6 +40,13 @@ from dagster import (
     schedule,
 )
 
+from pipelines.asset_metadata import (
+    OWNERS,
+    add_day_figures,
+    landed_metadata,
+    raw_definition_metadata,
+    raw_tags,
+)
 from pipelines.http import VendorAPIError
 from pipelines.lake import QUARANTINE_TABLE, Lake, WriteResult
 from pipelines.resources import LakeResource, credential_failure
@@ -51,6 +58,7 @@ from pipelines.sources.metrotec.client import (
 )
 from pipelines.sources.metrotec.extract import (
     SOURCE,
+    SPECS,
     TABLES,
     TableResult,
     extract_range,
@@ -204,6 +212,9 @@ def _build_vehicles_asset() -> AssetsDefinition:
         pool=POOL,
         group_name=GROUP,
         kinds={"python", "parquet"},
+        owners=OWNERS,
+        tags=raw_tags(SOURCE),
+        metadata=raw_definition_metadata(SOURCE, "vehicles", SPECS["vehicles"].schema),
         check_specs=[
             AssetCheckSpec(
                 VEHICLES_CHECK,
@@ -256,6 +267,7 @@ def _build_vehicles_asset() -> AssetsDefinition:
                 "rows": written.rows,
                 "files": 1,
                 "bytes": written.bytes,
+                **landed_metadata(lake_, SOURCE, "vehicles"),
                 **client.stats.as_metadata(),
                 "quarantined_rows": len(typed.quarantined),
                 "unparsed_values": typed.unparsed_values,
@@ -289,6 +301,9 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
                 group_name=GROUP,
                 kinds={"python", "parquet"},
                 description=DESCRIPTIONS[table],
+                owners=OWNERS,
+                tags=raw_tags(SOURCE),
+                metadata=raw_definition_metadata(SOURCE, table, SPECS[table].schema),
             )
             for table, key in TABLE_KEYS.items()
         ],
@@ -337,10 +352,13 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
             f"{len(vehicle_ids)} vehicles of the {snapshot_day} snapshot"
         )
 
+        landed: dict[str, dict[date, WriteResult]] = {table: {} for table in tables}
+
         def land(table: str, window_days_: list[date], data: pa.Table) -> tuple[int, int]:
             written: dict[date, WriteResult] = lake_.replace_partitions(
                 SOURCE, table, window_days_, data
             )
+            landed[table].update(written)
             return len(written), sum(w.bytes for w in written.values())
 
         def quarantine(table: str, by_day: dict[date, pa.Table]) -> None:
@@ -405,9 +423,12 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
                         metadata={"inconsistent_trips": result.inconsistent_trips},
                     )
                 )
+            add_day_figures(context, key, days, landed[table])
             yield MaterializeResult(
                 asset_key=key,
-                metadata=_table_metadata(table, result) | common,
+                metadata=_table_metadata(table, result)
+                | landed_metadata(lake_, SOURCE, table)
+                | common,
                 check_results=check_results,
             )
 
@@ -462,13 +483,16 @@ def _build_schedule(partitions: DailyPartitionsDefinition) -> ScheduleDefinition
 def run_summary(result: ExecuteInProcessResult) -> str:
     """One line for `fleet demo`: rows per Metrotec table and the run's API traffic."""
     latest: dict[str, dict[str, Any]] = {}
+    rows_by_table: dict[str, int] = {}
     for event in result.get_asset_materialization_events():
         if event.asset_key == VEHICLES_KEY or event.asset_key in TABLE_KEYS.values():
-            metadata = event.materialization.metadata
-            latest[event.asset_key.path[-1]] = {k: v.value for k, v in metadata.items()}
+            metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+            name = event.asset_key.path[-1]
+            latest[name] = metadata  # the run's API figures are on each day's event
+            rows_by_table[name] = rows_by_table.get(name, 0) + metadata["rows"]
     if not latest:
         return ""
-    rows = " ".join(f"{name}={meta['rows']}" for name, meta in latest.items())
+    rows = " ".join(f"{name}={n}" for name, n in rows_by_table.items())
     requests = sum(meta["api_requests"] for meta in latest.values())
     http_429s = sum(meta["http_429s"] for meta in latest.values())
     waited = sum(meta["rate_limit_wait_s"] for meta in latest.values())
