@@ -114,7 +114,13 @@ def _materialize(defs, selection, tags: dict[str, str] | None, instance, log: Pa
         )
 
 
-def _run_in_location(selection: Any, tags: dict[str, str] | None, instance: Any, log: Path) -> Any:
+def _run_in_location(
+    selection: Any,
+    tags: dict[str, str] | None,
+    instance: Any,
+    log: Path,
+    run_config: dict[str, Any] | None = None,
+) -> Any:
     """Run like the UI does: the implicit asset job of this code location, recorded with the
     location's origin (`fleet_pipelines` in workspace.yaml), so the UI lists the run under the
     location, on its timeline, and can re-execute it (a `materialize()` run is an ephemeral job
@@ -146,6 +152,7 @@ def _run_in_location(selection: Any, tags: dict[str, str] | None, instance: Any,
         location_name=CODE_LOCATION,
     )
     run_config = {
+        **(run_config or {}),
         "execution": {"config": {"in_process": {}}},
         "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
     }
@@ -190,6 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ["FLEET_FACTS_CATALOG"] = f"sqlite:{data_dir / 'fleet_catalog.sqlite'}"
     os.environ["FLEET_FACTS_DATA_PATH"] = str(data_dir / "facts")
     os.environ["DAGSTER_HOME"] = str(data_dir / "dagster")
+    os.environ["FLEET_REPORT_DIR"] = str(data_dir / "reports")
     _ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
     last = datetime.now(UTC).date() - timedelta(days=1)
     first = last - timedelta(days=args.days - 1)
@@ -214,12 +222,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ["KT1_DRAIN_SECONDS"] = "60"  # the drain stops as soon as the queue is empty
         instance = DagsterInstance.get()
         steps = demo_steps(first, last)
-        for name, label, selection, tags, summarize in steps:
+        for step in steps:
+            name, label, summarize = step.name, step.label, step.summarize
             t0 = time.monotonic()
             log = data_dir / "logs" / f"demo-{name}.log"
-            run_tags = {**(tags or {}), "fleet/demo_step": name, "fleet/started_by": "fleet demo"}
+            run_tags = {
+                **(step.tags or {}),
+                "fleet/demo_step": name,
+                "fleet/started_by": "fleet demo",
+            }
             with console.status(f"{label} ..."):
-                result = _run_in_location(selection, run_tags, instance, log)
+                result = _run_in_location(step.selection, run_tags, instance, log, step.run_config)
             if not result.success:
                 console.print(f"[red]✗ {label} failed[/] (full log: {log}):")
                 for line in failure_lines(result):
@@ -230,6 +243,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
     _print_fleet_summary(first, last)
     console.print(f"\nDone in {time.monotonic() - started:.0f}s. Lake: {data_dir / 'lake'}")
+    from pipelines.report.cli import latest_report_path
+
+    console.print(f"Fleet report (open in a browser): {latest_report_path()}", soft_wrap=True)
     console.print(
         "Query the facts:   "
         '.venv/bin/fleet sql "select * from fleet_daily order by day desc limit 10"\n'
@@ -247,6 +263,7 @@ class DemoStep(NamedTuple):
     selection: Any
     tags: dict[str, str] | None
     summarize: Callable[[Any], str]
+    run_config: dict[str, Any] | None = None
 
 
 def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list[DemoStep]:
@@ -254,6 +271,7 @@ def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list
     analytics doc's reference build, which selects the dbt models without their tests)."""
     from dagster import AssetKey
 
+    from pipelines.report.cli import run_summary as report_run_summary
     from pipelines.sources.autopi import assets as autopi_assets
     from pipelines.sources.kt1 import assets as kt1_assets
     from pipelines.sources.metrotec import assets as metrotec_assets
@@ -294,6 +312,15 @@ def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list
             dbt_selection,
             day_range,
             lambda r: "",
+        ),
+        DemoStep(
+            "report",
+            "fleet report (one offline HTML page)",
+            [AssetKey("fleet_report")],
+            None,
+            report_run_summary,
+            # The period is the demo's days, not the default 28 (half of which would be empty).
+            {"ops": {"fleet_report": {"config": {"days": (last - first).days + 1}}}},
         ),
     ]
 
@@ -541,6 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--to", dest="to_day", metavar="YYYY-MM-DD")
     build.set_defaults(func=cmd_facts_build)
 
+    from pipelines.report.cli import add_parser as add_report_parser
+
+    add_report_parser(sub)
     sql = sub.add_parser("sql", help="query the facts (as of the last complete build)")
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=200)

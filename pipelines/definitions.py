@@ -9,6 +9,7 @@ from pipelines.dbt import build_dbt_assets, dbt_resource
 from pipelines.facts import FactsCatalog
 from pipelines.facts_build import build_facts_sensor
 from pipelines.facts_maintenance import facts_maintenance, facts_maintenance_schedule
+from pipelines.report.assets import build_report_defs
 from pipelines.resources import LakeResource
 from pipelines.runs import check_instance, fleet_executor
 from pipelines.settings import FleetSettings, get_settings, load_env_file
@@ -57,6 +58,7 @@ def build_defs(settings: FleetSettings | None = None) -> Definitions:
         build_autopi_defs(),
         build_kt1_defs(),
         build_metrotec_defs(partitions),
+        build_report_defs(),
         Definitions(
             assets=dbt_models,
             asset_checks=build_raw_checks(),

@@ -141,6 +141,8 @@ class FleetSettings(BaseSettings):
     fleet_facts_data_path: str = "./data/facts/"
     # Snapshots of the facts kept readable by time travel; maintenance expires older ones.
     fleet_facts_retention_days: str = "7"
+    # Where the fleet report (pipelines/report) writes its HTML files and `latest.html`.
+    fleet_report_dir: Path = Path("./data/reports")
     # Retired: the facts moved from this DuckDB file into the catalog above.
     fleet_duckdb_path: str | None = None
     fleet_start_date: str = DEFAULT_START_DATE.isoformat()
@@ -230,6 +232,10 @@ class FleetSettings(BaseSettings):
     @property
     def lake_dir(self) -> Path:
         return self.fleet_lake_dir.expanduser().resolve()
+
+    @property
+    def report_dir(self) -> Path:
+        return self.fleet_report_dir.expanduser().resolve()
 
     @property
     def facts_retention(self) -> Parsed[int]:

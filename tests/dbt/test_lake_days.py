@@ -42,7 +42,7 @@ def _run(selection: list[AssetKey], tags: dict[str, str], instance: DagsterInsta
 
 def _dbt_keys() -> list[AssetKey]:
     graph = build_defs().resolve_asset_graph()
-    return [k for k in graph.get_all_asset_keys() if k.path[0] != "raw"]
+    return [k for k in graph.get_all_asset_keys() if k.path[0] not in {"raw", "fleet_report"}]
 
 
 def _day_file(lake: Path, day: date) -> Path:

@@ -52,6 +52,8 @@ def test_demo_lands_the_fleet_builds_facts_and_prints_a_summary(
     assert "Fleet summary" in done.stdout and "V004" in done.stdout
     assert "10 per 3 s" in done.stdout  # the scaled rate limit is said on screen
     assert "make dev-sim" in done.stdout
+    report = tmp_path / "data" / "reports" / "latest.html"
+    assert report.is_file() and str(report) in _squashed(done.stdout)
     catalog = tmp_path / "data" / "fleet_catalog.sqlite"
     assert catalog.is_file() and any((tmp_path / "data" / "facts").rglob("*.parquet"))
     with facts_connect(catalog) as con:
@@ -120,6 +122,7 @@ def _the_demo_runs_belong_to_the_code_location(data: Path, monkeypatch) -> None:
             "kt1-stream",
             "autopi-exports",
             "dbt-build",
+            "report",
         }
         assert {r.job_name for r in runs} == {"__ASSET_JOB"}
         assert {r.remote_job_origin.location_name for r in runs} == {"fleet_pipelines"}
