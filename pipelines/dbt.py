@@ -161,6 +161,22 @@ class FleetDbtTranslator(DagsterDbtTranslator):
         return spec._replace(description=describe_test(test, asset_spec.key.path[-1]))
 
 
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """These variables set while dbt's process starts (it copies the environment), then as
+    they were: an in-process run must not change the settings of the runs after it."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def describe_test(test: Mapping[str, Any], model: str) -> str:
     """One sentence for a dbt data test: its kind and arguments as a reader says them."""
     meta = test.get("test_metadata") or {}
@@ -295,7 +311,6 @@ def build_dbt_assets(
                 ),
                 allow_retries=False,
             )
-        os.environ.update(dbt_env(lake_dir, catalog))
         window = context.partition_time_window if context.has_partition_key_range else None
         missing = warn_missing_lake_days(context, Lake(lake_dir))
         target = build_target(catalog)
@@ -303,7 +318,9 @@ def build_dbt_assets(
             if waited >= 1:
                 context.log.info(f"waited {waited:.0f}s for another build of the facts")
             args = dbt_build_args(config, window)
-            events = dbt.cli(args, context=context, target_path=target).stream()
+            with environment(dbt_env(lake_dir, catalog)):  # dbt's process, not this one's
+                invocation = dbt.cli(args, context=context, target_path=target)
+            events = invocation.stream()
             events = with_table_metadata(context, events, catalog, daily, window)
             yield from with_missing_lake_days(context, events, missing)
 

@@ -3,6 +3,7 @@ and dbt parses the project once, not on every build."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def test_builds_share_one_target_and_parse_the_project_once(
     defs = build_defs()
     seed = AssetKey(["vehicle_map"])
     sizes, parses, started = [], [], []
+    environment = dict(os.environ)
     with DagsterInstance.ephemeral() as instance:
         for _ in range(BUILDS):
             result = materialize(
@@ -48,3 +50,5 @@ def test_builds_share_one_target_and_parse_the_project_once(
     assert max(size for _, size in sizes) <= 1.1 * sizes[0][1], sizes
     # The first build may parse the whole project (a new profile); the others reuse its parse.
     assert parses[1:] == [0] * (BUILDS - 1), parses
+    # dbt got its settings in its own process; the runs after these see the environment as it was.
+    assert dict(os.environ) == environment
