@@ -29,7 +29,9 @@ from requests.adapters import HTTPAdapter
 
 from pipelines import __version__
 
-log = logging.getLogger(__name__)
+# Under "dagster.builtin", the namespace Dagster's get_dagster_logger uses: inside a run each
+# retry line lands in the run's own logs (the UI's), outside one it is a plain Python logger.
+RETRY_LOG = logging.getLogger("dagster.builtin.fleet.http")
 
 DEFAULT_USER_AGENT = f"fleet-pipelines/{__version__}"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -419,7 +421,7 @@ class ApiClient:
 
     Vendor modules subclass it, add their auth headers and typed methods, and never see a
     retry loop or a rate limit. `timeout` and `retry` bound how long a failing vendor can hold
-    a run; `log` receives one WARNING line per retry (default: this module's logger).
+    a run; `log` receives one WARNING line per retry (default: RETRY_LOG, which a run shows).
     """
 
     vendor = "HTTP"
@@ -445,7 +447,7 @@ class ApiClient:
         self.stats = RequestStats()
         self._parse_error = error_parser
         self._sleep = sleep
-        self._log: WarningLog = log if log is not None else logging.getLogger(__name__)
+        self._log: WarningLog = log if log is not None else RETRY_LOG
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"

@@ -163,13 +163,19 @@ def test_a_5xx_burst_and_cut_connections_lose_nothing_and_duplicate_nothing(
     first, last = date(2026, 2, 1), date(2026, 2, 20)
     avl_sim.faults.next_5xx = 3
     avl_sim.faults.next_cut = 2
-    result = run_avl(first, last)
+    with DagsterInstance.ephemeral() as instance:
+        result = run_avl(first, last, instance=instance)
+        logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert result.success
     rows = landed(avl_env)
     keys = [(r["device_name"], r["trip_start"]) for r in rows]
     assert len(keys) == len(set(keys))
     assert set(keys) == truth(avl_sim, first, last)
     assert metadata(result)["retries"] == 5
+    # Each retry is in the run's own logs (the UI's), with its attempt number.
+    retries = [m for m in logs if ", retrying in " in m]
+    assert len(retries) == 5 and all(" of " in m and "attempt " in m for m in retries)
+    assert any("HTTP 503" in m and "attempt 2 of" in m for m in retries), retries
 
 
 @pytest.mark.parametrize("variable", ["AVL_TOKEN", "AVL_BASE_URL"])

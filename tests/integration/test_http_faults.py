@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipelines.http import ApiClient, RetryPolicy, VendorAPIError
+from pipelines.http import RETRY_LOG, ApiClient, RetryPolicy, VendorAPIError
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 
@@ -80,7 +80,7 @@ def test_a_hung_api_fails_within_the_budget_and_says_so(hung, caplog) -> None:
     client = ApiClient(url, timeout=(1.0, 0.5), retry=RetryPolicy.bounded(50, budget_s=3))
     started = time.monotonic()
     with (
-        caplog.at_level(logging.WARNING, logger="pipelines.http"),
+        caplog.at_level(logging.WARNING, logger=RETRY_LOG.name),
         pytest.raises(VendorAPIError) as err,
     ):
         client.get_json("v1/trips", params={"token": "s3cr3t"})
@@ -91,7 +91,7 @@ def test_a_hung_api_fails_within_the_budget_and_says_so(hung, caplog) -> None:
     assert "no response ReadTimeout: no answer within 0.5s" in message
     assert "retry budget" in message and "\n" not in message and "s3cr3t" not in message
     assert 2 <= err.value.attempts == len(seen) < 50
-    retries = [r.getMessage() for r in caplog.records if r.name == "pipelines.http"]
+    retries = [r.getMessage() for r in caplog.records if r.name == RETRY_LOG.name]
     assert len(retries) == err.value.attempts - 1
     assert retries[0].startswith("HTTP GET /v1/trips: ReadTimeout, attempt 2 of 50, retrying in ")
     assert "s3cr3t" not in caplog.text
