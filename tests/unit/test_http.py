@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from pipelines.http import (
+    RETRY_LOG,
     ApiClient,
     RetryPolicy,
     SlidingWindowLimiter,
@@ -256,9 +257,9 @@ def test_waiting_for_the_rate_limiter_does_not_spend_the_retry_budget(
 def test_each_retry_is_a_warning_with_attempt_status_and_wait(flaky: FlakyServer, caplog) -> None:
     flaky.faults.next_5xx = 2
     client = _client(flaky, [])
-    with caplog.at_level(logging.WARNING, logger="pipelines.http"):
+    with caplog.at_level(logging.WARNING, logger=RETRY_LOG.name):
         client.get_json("ok", params={"token": "s3cr3t"})
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipelines.http"]
+    lines = [r.getMessage() for r in caplog.records if r.name == RETRY_LOG.name]
     assert len(lines) == 2 and all(r.levelno == logging.WARNING for r in caplog.records)
     assert lines[0].startswith("HTTP GET /ok: HTTP 503, attempt 2 of 5, retrying in ")
     assert lines[1].startswith("HTTP GET /ok: HTTP 503, attempt 3 of 5, retrying in ")
@@ -268,7 +269,7 @@ def test_each_retry_is_a_warning_with_attempt_status_and_wait(flaky: FlakyServer
 def test_a_connection_failure_retry_names_the_exception_class(flaky: FlakyServer, caplog) -> None:
     flaky.faults.next_cut = 1
     client = _client(flaky, [])
-    with caplog.at_level(logging.WARNING, logger="pipelines.http"):
+    with caplog.at_level(logging.WARNING, logger=RETRY_LOG.name):
         client.get_json("ok")
     assert "HTTP GET /ok: ChunkedEncodingError, attempt 2 of 5, retrying in " in caplog.text
 
@@ -289,10 +290,10 @@ def test_retries_go_to_a_given_log_instead(flaky: FlakyServer, caplog) -> None:
     client = ApiClient(
         flaky.url, retry=RetryPolicy(max_attempts=5), sleep=lambda s: None, log=context_log
     )
-    with caplog.at_level(logging.WARNING, logger="pipelines.http"):
+    with caplog.at_level(logging.WARNING, logger=RETRY_LOG.name):
         client.get_json("ok")
     assert context_log.lines == ["HTTP GET /ok: HTTP 429, attempt 2 of 5, retrying in 1.0s"]
-    assert not [r for r in caplog.records if r.name == "pipelines.http"]
+    assert not [r for r in caplog.records if r.name == RETRY_LOG.name]
 
 
 def test_a_refusal_after_retries_says_how_many_attempts(flaky: FlakyServer) -> None:
@@ -308,7 +309,7 @@ def test_a_refusal_after_retries_says_how_many_attempts(flaky: FlakyServer) -> N
 def test_a_cut_download_logs_each_retry(flaky: FlakyServer, tmp_path: Path, caplog) -> None:
     flaky.faults.next_cut = 1
     client = _client(flaky, [])
-    with caplog.at_level(logging.WARNING, logger="pipelines.http"):
+    with caplog.at_level(logging.WARNING, logger=RETRY_LOG.name):
         assert client.download("ok", tmp_path / "ok.json") > 2000
     assert "HTTP GET /ok: body cut at " in caplog.text
     assert "attempt 2 of 5, retrying in " in caplog.text
