@@ -555,7 +555,8 @@ def build_reference_facts(data_dir: Path) -> FactsCatalog:
     """
     from dagster import AssetSelection
 
-    from pipelines.cli import _materialize, demo_steps, failure_lines
+    from pipelines.cli.demo import demo_steps
+    from pipelines.runner import failure_lines, run_quietly
     from pipelines.simulator.serve import start_all
     from pipelines.simulator.world import World
 
@@ -593,7 +594,7 @@ def build_reference_facts(data_dir: Path) -> FactsCatalog:
             defs = build_defs()
             for step in steps:
                 log = data_dir / "logs" / f"{step.name}.log"
-                result = _materialize(defs, step.selection, step.tags, None, log)
+                result = run_quietly(defs, step.selection, step.tags, None, log)
                 if not result.success:
                     raise RuntimeError(
                         f"reference world: step {step.name} failed (log: {log}): "

@@ -1,7 +1,7 @@
 """Dagster's standard metadata for the lake's raw tables, the same way for every source.
 
-On the definition: the columns (`dagster/column_schema`, the UI's Columns tab), the table's
-name (`dagster/table_name`, `lake.<source>.<table>`), owners and tags. On each
+On the definition: the columns (`dagster/column_schema`: the asset page's Columns section),
+the table's name (`dagster/table_name`, `lake.<source>.<table>`), owners and tags. On each
 materialization: where the files are (`dagster/uri`), the whole table's rows after the run
 (`dagster/row_count`) and, for a daily partition, that day's own `rows`, `files`, `bytes` and
 `dagster/partition_row_count`, so a single-run backfill of many days shows each day's figures

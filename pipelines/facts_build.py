@@ -28,7 +28,6 @@ from dagster import (
     AssetRecordsFilter,
     AssetsDefinition,
     AssetSelection,
-    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
@@ -41,7 +40,6 @@ from dagster import (
 )
 
 from pipelines.checks import DAYS_WRITTEN
-from pipelines.dbt import FACTS_ASSETS
 
 FACTS_SENSOR = "fleet_facts_after_raw"
 FACTS_JOB = "fleet_facts_build"
@@ -190,47 +188,3 @@ def build_facts_sensor(
         )
 
     return fleet_facts_after_raw
-
-
-def build_facts(
-    instance: DagsterInstance, first: date | None = None, last: date | None = None
-) -> tuple[bool, str]:
-    """Materialize every dbt asset for first..last (default: every day with raw data), in
-    DAGSTER_HOME's instance like any run; (success, one line)."""
-    from dagster import materialize
-
-    from pipelines.definitions import build_defs, daily_partitions
-    from pipelines.settings import get_settings
-
-    settings = get_settings()
-    partitions = daily_partitions(settings)
-    defs = build_defs(settings)
-    dbt = [a for a in defs.assets if isinstance(a, AssetsDefinition) and _is_dbt(a)]
-    if first is None or last is None:
-        tables = [k.to_user_string().removeprefix("raw/") for k in raw_keys(dbt)]
-        days = lake_days(settings.lake_dir, tables)
-        if not days:
-            return False, f"no raw data in {settings.lake_dir}: land some first"
-        first, last = first or min(days), last or max(days)
-    ranges = fact_ranges(
-        [first + timedelta(days=i) for i in range((last - first).days + 1)], partitions
-    )
-    if not ranges:
-        return False, f"{first}..{last} has no daily partition (FLEET_START_DATE..today)"
-    span = DayRange(ranges[0].first, ranges[-1].last)
-    result = materialize(
-        list(defs.assets),
-        resources=defs.resources,
-        selection=[k for a in dbt for k in a.keys],
-        tags=span.tags(),
-        instance=instance,
-        raise_on_error=False,
-    )
-    if result.success:
-        return True, f"facts built for {span} (run {result.run_id})"
-    failed = [e.step_key for e in result.get_step_failure_events()]
-    return False, f"facts build of {span} failed (run {result.run_id}): {', '.join(failed)}"
-
-
-def _is_dbt(assets: AssetsDefinition) -> bool:
-    return assets.op.name == FACTS_ASSETS

@@ -32,7 +32,11 @@ LATE = date(2024, 5, 5)  # ten days before the last
 
 def _build(tags: dict[str, str], instance: DagsterInstance) -> None:
     defs = build_defs()
-    keys = [k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] not in {"raw", "fleet_report"}]
+    keys = [
+        k
+        for k in defs.resolve_asset_graph().get_all_asset_keys()
+        if k.path[0] not in {"raw", "fleet_report"}
+    ]
     result = materialize(
         list(defs.assets),
         resources=defs.resources,

@@ -18,11 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, ExecuteInProcessResult, materialize
 
+from pipelines.cli.commands import reexport_trips
+from pipelines.cli.summaries import autopi_line
 from pipelines.definitions import build_defs
 from pipelines.lake import Lake
 from pipelines.simulator.autopi import AutoPiServer, env
 from pipelines.simulator.world import Trip, World
-from pipelines.sources.autopi.assets import build_autopi_exports, reexport_trips, summary_line
+from pipelines.sources.autopi.assets import build_autopi_exports
 
 TRIPS_KEY = AssetKey(["raw", "autopi", "trips"])
 POINTS_KEY = AssetKey(["raw", "autopi", "datapoints"])
@@ -166,7 +168,7 @@ def test_a_run_lands_every_finished_export_once_and_clears_each_once(
     assert evaluations[("raw/autopi/datapoints", "no_quarantined_rows")].passed
     assert evaluations[("raw/autopi/trips", "no_quarantined_rows")].passed
     assert trips_meta["api_requests"] >= 1 + 2 * len(done)
-    assert summary_line(result).startswith(f"{len(done)} trip export(s) landed and cleared")
+    assert autopi_line(result).startswith(f"{len(done)} trip export(s) landed and cleared")
     # one file per trip per table, plus the schema-only placeholders
     assert (
         len(lake.files("autopi", "trips"))

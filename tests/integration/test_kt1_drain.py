@@ -25,10 +25,11 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import DagsterRun
 
+from pipelines.cli.summaries import kt1_line
 from pipelines.lake import QUARANTINE_SCHEMA, Lake
 from pipelines.simulator.httpd import Request, Response
 from pipelines.simulator.kt1 import Kt1Server, env
-from pipelines.sources.kt1.assets import QUEUE_TAG, summarize_drain
+from pipelines.sources.kt1.assets import QUEUE_TAG
 from pipelines.sources.kt1.client import Kt1Client
 from pipelines.sources.kt1.drain import SCHEMA_FILE, drain_lock, drain_stream
 from pipelines.sources.kt1.extract import QUARANTINE, TABLE_OF_TYPE, TABLES
@@ -163,7 +164,7 @@ def test_metadata_reports_rows_files_bytes_requests_and_the_queue(witnessed: Wit
     assert meta["rows_by_table"] == {t: len(rows) for t, rows in landed.items()}
     assert meta["stop_reason"] == "queue empty"
     assert meta["duplicate_items_in_run"] == 0 and meta["acks_expired"] == 0
-    assert summarize_drain(result).startswith(f"items={meta['items_landed']} (telemetry ")
+    assert kt1_line(result).startswith(f"items={meta['items_landed']} (telemetry ")
 
 
 def test_items_land_on_the_utc_day_of_their_own_timestamp(witnessed: Witnessed) -> None:

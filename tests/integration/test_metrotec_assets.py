@@ -20,6 +20,7 @@ from dagster import (
     materialize,
 )
 
+from pipelines.cli.summaries import metrotec_line
 from pipelines.definitions import build_defs
 from pipelines.lake import QUARANTINE_SCHEMA, Lake
 from pipelines.simulator.metrotec import IDLE_STOP_MIN_S, env
@@ -27,7 +28,6 @@ from pipelines.sources.metrotec.assets import (
     JOB_NAME,
     QUARANTINE_CHECK,
     SCHEDULE_NAME,
-    run_summary,
 )
 from pipelines.sources.metrotec.client import parse_time
 from pipelines.sources.metrotec.extract import hms_seconds
@@ -185,7 +185,7 @@ def test_a_backfill_lands_every_table_per_utc_day_matching_the_world(
     assert requests + metadata(result, VEHICLES)["api_requests"] == len(
         metrotec_sim.requests("/api")
     )
-    summary = run_summary(result)
+    summary = metrotec_line(result)
     assert f"routelog={len(routelog)} " in summary and f"stops={len(stops)} " in summary
     assert f"requests={len(metrotec_sim.requests('/api'))} 429s=0" in summary
 

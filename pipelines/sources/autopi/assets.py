@@ -19,7 +19,6 @@ from dagster import (
     Config,
     DefaultSensorStatus,
     Definitions,
-    ExecuteInProcessResult,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -411,48 +410,3 @@ def build_autopi_defs() -> Definitions:
         ),
     )
     return Definitions(assets=[exports], sensors=[build_autopi_sensor(exports)], jobs=[reexport])
-
-
-def reexport_trips(
-    trip_ids: Sequence[str], *, wait_s: float = 900.0, instance: Any = None
-) -> ExecuteInProcessResult:
-    """What `fleet autopi reexport TRIP_ID...` runs: the drain with re-exports, in process."""
-    from dagster import materialize
-
-    from pipelines.definitions import build_defs
-
-    defs = build_defs()
-    return materialize(
-        list(defs.assets or []),
-        resources=defs.resources,
-        selection=AssetSelection.assets(TRIPS_KEY, DATAPOINTS_KEY),
-        run_config=RunConfig(
-            ops={
-                OP_NAME: AutoPiDrainConfig(reexport_trip_ids=list(trip_ids), reexport_wait_s=wait_s)
-            }
-        ),
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
-def summary_line(result: ExecuteInProcessResult) -> str:
-    """One line for `fleet demo` / `fleet autopi reexport`: what the drain landed."""
-    found: dict[AssetKey, dict[str, Any]] = {}
-    for event in result.get_asset_materialization_events():
-        found[event.asset_key] = {k: v.value for k, v in event.materialization.metadata.items()}
-    trips, points = found.get(TRIPS_KEY), found.get(DATAPOINTS_KEY)
-    if trips is None or points is None:
-        return "AutoPi: nothing landed"
-    quarantined = int(points["quarantined_rows"]) + int(trips["quarantined_rows"])
-    line = (
-        f"{trips['exports_landed']} trip export(s) landed and cleared "
-        f"({points['rows']:,} datapoints, {quarantined} row(s) quarantined), "
-        f"{trips['exports_pending']} pending, requests={trips['api_requests']}"
-    )
-    if trips["exports_failed"]:
-        line += f", {trips['exports_failed']} failed (left on AutoPi)"
-    keys = json.loads(str(points["undeclared_keys"]))
-    if keys:
-        line += f", undeclared keys kept in `extra`: {', '.join(sorted(keys))}"
-    return line

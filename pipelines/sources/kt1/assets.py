@@ -17,7 +17,6 @@ from dagster import (
     AssetSpec,
     DagsterRunStatus,
     Definitions,
-    ExecuteInProcessResult,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -235,21 +234,6 @@ def _drain_metadata(
         "budget_s": budget_s,
         "lock_wait_s": round(result.lock_wait_s, 3),
     }
-
-
-def summarize_drain(result: ExecuteInProcessResult) -> str:
-    """One line on a finished drain run, for `fleet demo` and other command-line callers."""
-    for event in result.get_asset_materialization_events():
-        if event.asset_key == ASSET_KEYS["telemetry"]:
-            meta = {k: v.value for k, v in event.materialization.metadata.items()}
-            rows = meta["rows_by_table"]
-            return (
-                f"items={meta['items_landed']} (telemetry {rows['telemetry']}, trips "
-                f"{rows['trips']}, events {rows['events']}, changes {rows['changes']}, "
-                f"quarantined {meta['quarantined_items']}) batches={meta['batches']} "
-                f"requests={meta['api_requests']} acks={meta['acks']} ({meta['stop_reason']})"
-            )
-    return "no drain materialized"
 
 
 def _build_schedule(job: Any) -> Any:

@@ -27,7 +27,6 @@ from dagster import (
     BetaWarning,
     DailyPartitionsDefinition,
     Definitions,
-    ExecuteInProcessResult,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -478,25 +477,3 @@ def _build_schedule(partitions: DailyPartitionsDefinition) -> ScheduleDefinition
         )
 
     return metrotec_daily
-
-
-def run_summary(result: ExecuteInProcessResult) -> str:
-    """One line for `fleet demo`: rows per Metrotec table and the run's API traffic."""
-    latest: dict[str, dict[str, Any]] = {}
-    rows_by_table: dict[str, int] = {}
-    for event in result.get_asset_materialization_events():
-        if event.asset_key == VEHICLES_KEY or event.asset_key in TABLE_KEYS.values():
-            metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-            name = event.asset_key.path[-1]
-            latest[name] = metadata  # the run's API figures are on each day's event
-            rows_by_table[name] = rows_by_table.get(name, 0) + metadata["rows"]
-    if not latest:
-        return ""
-    rows = " ".join(f"{name}={n}" for name, n in rows_by_table.items())
-    requests = sum(meta["api_requests"] for meta in latest.values())
-    http_429s = sum(meta["http_429s"] for meta in latest.values())
-    waited = sum(meta["rate_limit_wait_s"] for meta in latest.values())
-    relogins = max((meta.get("reauthentications", 0) for meta in latest.values()), default=0)
-    return (
-        f"{rows} requests={requests} 429s={http_429s} limit-wait={waited:.1f}s relogins={relogins}"
-    )
