@@ -20,7 +20,7 @@ from pipelines.cli.demo import (
     cmd_dev,
     cmd_simulate,
 )
-from pipelines.report.cli import add_parser as add_report_parser
+from pipelines.cli.report import add_parser as add_report_parser
 from pipelines.runner import failure_lines
 
 __all__ = ["SEED_VEHICLES", "SIM_SEED", "SIM_VEHICLES", "failure_lines", "main"]

@@ -140,7 +140,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
     _print_fleet_summary(first, last)
     console.print(f"\nDone in {time.monotonic() - started:.0f}s. Lake: {data_dir / 'lake'}")
-    from pipelines.report.cli import latest_report_path
+    from pipelines.cli.report import latest_report_path
 
     console.print(f"Fleet report (open in a browser): {latest_report_path()}", soft_wrap=True)
     console.print(
@@ -169,7 +169,7 @@ def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list
     from dagster import AssetKey
 
     from pipelines.cli import summaries
-    from pipelines.report.cli import run_summary as report_run_summary
+    from pipelines.cli.report import run_summary as report_run_summary
     from pipelines.sources.kt1 import assets as kt1_assets
     from pipelines.sources.metrotec import assets as metrotec_assets
 

@@ -24,10 +24,10 @@ from dagster import (
     materialize,
 )
 
+from pipelines.cli.report import add_parser, latest_report_path, run_summary
 from pipelines.definitions import build_defs
 from pipelines.report import build as report_build
 from pipelines.report.assets import REPORT_KEY, build_report_defs
-from pipelines.report.cli import add_parser, latest_report_path, run_summary
 from pipelines.report.data import ReportOptions, VehicleFigures, refuel_check
 from pipelines.simulator.avl import AvlServer
 from pipelines.simulator.metrotec import MetrotecServer
