@@ -9,12 +9,16 @@ before the first raw data always are. Its own sensor is on by default, like the 
 Dagster's default automation sensor starts stopped.
 """
 
+import warnings
+
 from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSelection,
     AutomationCondition,
     AutomationConditionSensorDefinition,
+    BackfillPolicy,
+    BetaWarning,
     Config,
     DefaultSensorStatus,
     Definitions,
@@ -83,21 +87,7 @@ class FleetReportConfig(Config):
         )
 
 
-@asset(
-    key=REPORT_KEY,
-    deps=MART_KEYS,
-    group_name="reports",
-    kinds={"html"},
-    owners=OWNERS,
-    tags={"layer": "report"},
-    automation_condition=REPORT_AUTOMATION,
-    description=(
-        "The fleet report: KPIs against the period before, daily trend, fuel and idle rankings, "
-        "idle cost, refuels against consumption and data coverage, as one offline HTML page in "
-        "FLEET_REPORT_DIR (latest.html). See docs/report.md."
-    ),
-)
-def fleet_report(context: AssetExecutionContext, config: FleetReportConfig) -> MaterializeResult:
+def _fleet_report(context: AssetExecutionContext, config: FleetReportConfig) -> MaterializeResult:
     built = build_report(config.options(), keep=config.keep_reports)
     data = built.data
     context.log.info(
@@ -122,6 +112,26 @@ def fleet_report(context: AssetExecutionContext, config: FleetReportConfig) -> M
         }
     )
 
+
+with warnings.catch_warnings():
+    # `backfill_policy` is marked beta. A single run lets `dagster asset materialize --select
+    # "stg_avl__trips+" --partition-range A...B` include the report with the facts it follows.
+    warnings.simplefilter("ignore", BetaWarning)
+    fleet_report = asset(
+        key=REPORT_KEY,
+        deps=MART_KEYS,
+        group_name="reports",
+        kinds={"html"},
+        owners=OWNERS,
+        tags={"layer": "report"},
+        automation_condition=REPORT_AUTOMATION,
+        description=(
+            "The fleet report: KPIs against the period before, daily trend, fuel and idle "
+            "rankings, idle cost, refuels against consumption and data coverage, as one offline "
+            "HTML page in FLEET_REPORT_DIR (latest.html). See docs/report.md."
+        ),
+        backfill_policy=BackfillPolicy.single_run(),
+    )(_fleet_report)
 
 report_sensor = AutomationConditionSensorDefinition(
     REPORT_SENSOR,
