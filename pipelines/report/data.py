@@ -69,8 +69,28 @@ class Period:
         return f"{self.first.isoformat()} to {self.last.isoformat()} UTC"
 
 
+class Ratios:
+    """The ratios of a vehicle's or the fleet's sums, the same way for both."""
+
+    driving_h: float
+    idle_h: float
+    fuel_l: float | None
+    fuel_km: float
+
+    @property
+    def idle_share(self) -> float | None:
+        engine_h = self.driving_h + self.idle_h
+        return self.idle_h / engine_h if engine_h > 0 else None
+
+    @property
+    def l_per_100km(self) -> float | None:
+        if self.fuel_l is None or self.fuel_km <= 0:
+            return None
+        return self.fuel_l / self.fuel_km * 100
+
+
 @dataclass(frozen=True)
-class VehicleFigures:
+class VehicleFigures(Ratios):
     """One vehicle over one period: sums of its `fleet_daily` rows."""
 
     vehicle_id: str
@@ -91,20 +111,9 @@ class VehicleFigures:
     tank_l: float | None
     """Largest tank level after a refuel any source reported, ever: the tank's size, near enough."""
 
-    @property
-    def idle_share(self) -> float | None:
-        engine_h = self.driving_h + self.idle_h
-        return self.idle_h / engine_h if engine_h > 0 else None
-
-    @property
-    def l_per_100km(self) -> float | None:
-        if self.fuel_l is None or self.fuel_km <= 0:
-            return None
-        return self.fuel_l / self.fuel_km * 100
-
 
 @dataclass(frozen=True)
-class Totals:
+class Totals(Ratios):
     """The fleet over one period."""
 
     vehicles: int
@@ -118,17 +127,6 @@ class Totals:
     refuel_l: float | None
     reported_cost: float | None
     reported_cost_km: float
-
-    @property
-    def idle_share(self) -> float | None:
-        engine_h = self.driving_h + self.idle_h
-        return self.idle_h / engine_h if engine_h > 0 else None
-
-    @property
-    def l_per_100km(self) -> float | None:
-        if self.fuel_l is None or self.fuel_km <= 0:
-            return None
-        return self.fuel_l / self.fuel_km * 100
 
     @classmethod
     def of(cls, vehicles: Sequence[VehicleFigures], reported_cost_km: float) -> Totals:
