@@ -69,6 +69,12 @@ class Period:
         return f"{self.first.isoformat()} to {self.last.isoformat()} UTC"
 
 
+def idle_share(driving_h: float, idle_h: float) -> float | None:
+    """Idle hours over engine hours (driving plus idling); None without engine time."""
+    engine_h = driving_h + idle_h
+    return idle_h / engine_h if engine_h > 0 else None
+
+
 class Ratios:
     """The ratios of a vehicle's or the fleet's sums, the same way for both."""
 
@@ -79,8 +85,7 @@ class Ratios:
 
     @property
     def idle_share(self) -> float | None:
-        engine_h = self.driving_h + self.idle_h
-        return self.idle_h / engine_h if engine_h > 0 else None
+        return idle_share(self.driving_h, self.idle_h)
 
     @property
     def l_per_100km(self) -> float | None:
@@ -158,8 +163,7 @@ class Day:
 
     @property
     def idle_share(self) -> float | None:
-        engine_h = self.driving_h + self.idle_h
-        return self.idle_h / engine_h if engine_h > 0 else None
+        return idle_share(self.driving_h, self.idle_h)
 
 
 @dataclass(frozen=True)
