@@ -1,5 +1,6 @@
 """The one HTTP stack of every vendor client: session, retry policy, and a sliding-window
-rate limiter shared by every process on the machine (a SQLite ledger of request slots).
+rate limiter shared by every process on every machine (a ledger of request slots in the
+shared state database).
 
 A hung or failing vendor must fail a run in minutes, visibly: timeouts and a time budget bound
 the retries of each request, every retry is a WARNING line, and the final error says how many
@@ -14,8 +15,6 @@ import logging
 import math
 import random
 import re
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +27,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from pipelines import __version__
+from pipelines.state import StateStore
+from pipelines.state import shared as shared_state
 
 # Under "dagster.builtin", the namespace Dagster's get_dagster_logger uses: inside a run each
 # retry line lands in the run's own logs (the UI's), outside one it is a plain Python logger.
@@ -99,6 +100,16 @@ def _seconds(value: float) -> str:
 
 # --- rate limiting ------------------------------------------------------------------------
 
+_SLOTS_DDL = """
+CREATE TABLE IF NOT EXISTS rate_slots (
+    id {id},
+    key TEXT NOT NULL,
+    reserved_at {real} NOT NULL,
+    released_at {real}
+);
+CREATE INDEX IF NOT EXISTS rate_slots_key ON rate_slots(key, released_at)
+"""
+
 
 @dataclass
 class Slot:
@@ -110,13 +121,15 @@ class Slot:
 
 
 class SlidingWindowLimiter:
-    """At most `max_requests` in any window of `window_s`, across threads and processes.
+    """At most `max_requests` in any window of `window_s`, across threads, processes and
+    machines sharing one state database (`FLEET_STATE_URL`, see pipelines.state).
 
-    Each request holds a row in a SQLite ledger keyed by `key`. A slot counts from when it
-    is reserved and, once released, until `window_s` after the *response* arrived: the server
-    saw the request no later than that, so spacing releases by a full window can never let
-    N+1 requests land in one server-side window, whatever the latency. Slots of a process that
-    died mid-request stop counting after `stale_after_s`.
+    Each request holds a row in the ledger keyed by `key`. A slot counts from when it is
+    reserved and, once released, until `window_s` after the *response* arrived: the server saw
+    the request no later than that, so spacing releases by a full window can never let N+1
+    requests land in one server-side window, whatever the latency. Times come from the
+    database's clock, so machines with skewed clocks still agree. Slots of a process that died
+    mid-request stop counting after `stale_after_s`.
     """
 
     def __init__(
@@ -124,7 +137,7 @@ class SlidingWindowLimiter:
         key: str,
         max_requests: int,
         window_s: float,
-        db_path: Path,
+        state: StateStore | Path | str,
         *,
         margin_s: float = 0.01,
         stale_after_s: float = 300.0,
@@ -134,60 +147,43 @@ class SlidingWindowLimiter:
         self.window_s = window_s
         self.margin_s = margin_s
         self.stale_after_s = stale_after_s
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            db_path, timeout=60, isolation_level=None, check_same_thread=False
-        )
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS slots ("
-                " id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL,"
-                " reserved_at REAL NOT NULL, released_at REAL)"
-            )
-            self._db.execute("CREATE INDEX IF NOT EXISTS slots_key ON slots(key, released_at)")
+        if isinstance(state, Path):
+            state = f"sqlite:///{state}"
+        self._store = shared_state(state) if isinstance(state, str) else state
+        self._store.ensure_schema("ratelimit", _SLOTS_DDL)
 
     def _try_reserve(self) -> tuple[int | None, float]:
         """Reserve a slot now, or say how long to wait before trying again."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                now = time.time()
-                horizon = now - self.window_s - self.margin_s
-                stale = now - self.stale_after_s
-                self._db.execute(
-                    "DELETE FROM slots WHERE key = ? AND ("
-                    " (released_at IS NOT NULL AND released_at < ?)"
-                    " OR (released_at IS NULL AND reserved_at < ?))",
-                    (self.key, horizon, stale - self.window_s),
+        with self._store.transaction(f"ratelimit:{self.key}") as db:
+            now = db.now()
+            horizon = now - self.window_s - self.margin_s
+            stale = now - self.stale_after_s
+            db.execute(
+                "DELETE FROM rate_slots WHERE key = ? AND ("
+                " (released_at IS NOT NULL AND released_at < ?)"
+                " OR (released_at IS NULL AND reserved_at < ?))",
+                (self.key, horizon, stale - self.window_s),
+            )
+            rows = db.execute(
+                "SELECT reserved_at, released_at FROM rate_slots WHERE key = ? AND ("
+                " released_at >= ? OR released_at IS NULL)",
+                (self.key, horizon),
+            ).fetchall()
+            ends = []  # when each counted slot stops counting
+            in_flight = 0
+            for reserved_at, released_at in rows:
+                if released_at is not None:
+                    ends.append(released_at + self.window_s + self.margin_s)
+                elif reserved_at >= stale:
+                    in_flight += 1
+                else:  # its process died mid-request: count it as released when it went stale
+                    ends.append(reserved_at + self.stale_after_s + self.window_s)
+            ends = [e for e in ends if e > now]
+            if len(ends) + in_flight < self.max_requests:
+                slot_id = db.insert_id(
+                    "INSERT INTO rate_slots (key, reserved_at) VALUES (?, ?)", (self.key, now)
                 )
-                rows = self._db.execute(
-                    "SELECT reserved_at, released_at FROM slots WHERE key = ? AND ("
-                    " released_at >= ? OR released_at IS NULL)",
-                    (self.key, horizon),
-                ).fetchall()
-                ends = []  # when each counted slot stops counting
-                in_flight = 0
-                for reserved_at, released_at in rows:
-                    if released_at is not None:
-                        ends.append(released_at + self.window_s + self.margin_s)
-                    elif reserved_at >= stale:
-                        in_flight += 1
-                    else:  # its process died mid-request: count it as released when it went stale
-                        ends.append(reserved_at + self.stale_after_s + self.window_s)
-                ends = [e for e in ends if e > now]
-                if len(ends) + in_flight < self.max_requests:
-                    cur = self._db.execute(
-                        "INSERT INTO slots (key, reserved_at) VALUES (?, ?)", (self.key, now)
-                    )
-                    self._db.execute("COMMIT")
-                    return cur.lastrowid, 0.0
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                return slot_id, 0.0
         ends.sort()
         must_expire = len(ends) + in_flight - self.max_requests  # 0-based index into ends
         if must_expire < len(ends):
@@ -206,10 +202,9 @@ class SlidingWindowLimiter:
             waited += pause
 
     def release(self, slot: Slot) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE slots SET released_at = ? WHERE id = ?", (time.time(), slot.slot_id)
-            )
+        with self._store.transaction(f"ratelimit:{self.key}") as db:
+            now = db.now()
+            db.execute("UPDATE rate_slots SET released_at = ? WHERE id = ?", (now, slot.slot_id))
 
     @contextmanager
     def slot(self) -> Iterator[Slot]:
@@ -220,8 +215,7 @@ class SlidingWindowLimiter:
             self.release(s)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Nothing to close: the state connection is the process's, shared by every limiter."""
 
 
 # --- retries -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Resources shared by every source: the lake and the machine-wide rate-limit ledger."""
+"""Resources shared by every source: the lake and the shared rate-limit ledger."""
 
 from __future__ import annotations
 
@@ -9,16 +9,26 @@ from dagster import ConfigurableResource, EnvVar, Failure
 from pydantic import Field
 
 from pipelines.http import RetryPolicy, SlidingWindowLimiter
-from pipelines.lake import Lake
-from pipelines.settings import FleetSettings, Parsed, RateLimitSpec, SettingError, check
+from pipelines.lake import Lake, is_object_store
+from pipelines.settings import (
+    FleetSettings,
+    Parsed,
+    RateLimitSpec,
+    SettingError,
+    check,
+    get_settings,
+)
+from pipelines.state import shared as shared_state
 
 
 class LakeResource(ConfigurableResource):
-    """The Parquet lake root (`FLEET_LAKE_DIR`)."""
+    """The Parquet lake root (`FLEET_LAKE_DIR`): a local folder or an object-store URL."""
 
     lake_dir: str
 
     def lake(self) -> Lake:
+        if is_object_store(self.lake_dir):
+            return Lake(self.lake_dir)
         return Lake(Path(self.lake_dir).expanduser().resolve())
 
 
@@ -67,9 +77,12 @@ class SourceResource(ConfigurableResource):
         check(self.setting_error, asset)
 
 
-def make_limiter(key: str, rate_limit: str, ledger: str) -> SlidingWindowLimiter:
+def make_limiter(key: str, rate_limit: str, state_url: str | None) -> SlidingWindowLimiter:
+    """The limiter of one API account, in the shared state (`FLEET_STATE_URL`, else its
+    default): every process on every machine using that state shares the account's window."""
     spec = RateLimitSpec.parse(rate_limit)
-    return SlidingWindowLimiter(key, spec.max_requests, spec.window_s, Path(ledger).expanduser())
+    url = state_url or get_settings().fleet_state_url
+    return SlidingWindowLimiter(key, spec.max_requests, spec.window_s, shared_state(url))
 
 
 def credential_failure(exc: SettingError) -> Failure:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -12,7 +11,7 @@ from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import load_dotenv
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines import __version__
@@ -55,6 +54,8 @@ class RateLimitSpec:
 
 
 DEFAULT_START_DATE = date(2024, 1, 1)
+DEFAULT_STATE_URL = "sqlite:///data/fleet_state.sqlite3"
+"""The shared state's default: a SQLite file under `./data/` (relative, like the lake's)."""
 T = TypeVar("T")
 
 
@@ -135,7 +136,8 @@ class FleetSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    fleet_lake_dir: Path = Path("./data/lake")
+    # A local folder, or an object-store URL (s3://bucket/prefix) reached with the AWS_* variables.
+    fleet_lake_dir: str = "./data/lake"
     # The facts' DuckLake catalog (DuckLake's own form, without `ducklake:`) and data path.
     fleet_facts_catalog: str = "sqlite:./data/fleet_catalog.sqlite"
     fleet_facts_data_path: str = "./data/facts/"
@@ -146,14 +148,11 @@ class FleetSettings(BaseSettings):
     # Retired: the facts moved from this DuckDB file into the catalog above.
     fleet_duckdb_path: str | None = None
     fleet_start_date: str = DEFAULT_START_DATE.isoformat()
-    # Where the machine-wide rate-limit ledger lives (one SQLite file shared by every process).
-    fleet_ratelimit_db: Path = Field(
-        default_factory=lambda: (
-            Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
-            / "fleet-pipelines"
-            / "ratelimits.sqlite3"
-        )
-    )
+    # Shared state of every process (rate-limit ledger, AutoPi ledger, drain leases):
+    # sqlite:///PATH on one machine, postgresql://... beyond it (see pipelines.state).
+    fleet_state_url: str = DEFAULT_STATE_URL
+    # Retired: the rate-limit ledger moved into FLEET_STATE_URL.
+    fleet_ratelimit_db: str | None = None
 
     # Every vendor request: read timeout, attempts and total retry budget (see pipelines.http).
     fleet_http_read_timeout_s: str = "30"
@@ -230,8 +229,13 @@ class FleetSettings(BaseSettings):
         )
 
     @property
-    def lake_dir(self) -> Path:
-        return self.fleet_lake_dir.expanduser().resolve()
+    def lake_dir(self) -> Path | str:
+        """An absolute local folder, or an object-store URL exactly as given."""
+        from pipelines.lake import is_object_store
+
+        if is_object_store(self.fleet_lake_dir.strip()):
+            return self.fleet_lake_dir.strip().rstrip("/")
+        return Path(self.fleet_lake_dir).expanduser().resolve()
 
     @property
     def report_dir(self) -> Path:
@@ -249,12 +253,18 @@ class FleetSettings(BaseSettings):
 
     def retired_warnings(self) -> list[str]:
         """One line per retired variable that is still set."""
+        lines = []
         if self.fleet_duckdb_path:
-            return [
+            lines.append(
                 "FLEET_DUCKDB_PATH is retired and ignored: the facts live in the DuckLake "
                 "catalog FLEET_FACTS_CATALOG (data in FLEET_FACTS_DATA_PATH); unset it"
-            ]
-        return []
+            )
+        if self.fleet_ratelimit_db:
+            lines.append(
+                "FLEET_RATELIMIT_DB is retired and ignored: the rate-limit ledger lives in the "
+                "shared state FLEET_STATE_URL; unset it"
+            )
+        return lines
 
 
 def get_settings() -> FleetSettings:

@@ -75,6 +75,10 @@ class Faults:
     status_5xx: int = 503
     malformed_rate: float = 0.0
     bad_value_rate: float = 0.0
+    # Network latency of every request (uniform in [min, max]): half before the server
+    # handles it, half after, as on a real link.
+    latency_min_s: float = 0.0
+    latency_max_s: float = 0.0
     seed: int = 0
 
     def update(self, **changes: Any) -> None:
@@ -210,6 +214,21 @@ class SimServer:
         return None
 
     def dispatch(self, req: Request) -> tuple[Response, str | None]:
+        latency = self._latency(req.path)
+        time.sleep(latency / 2)
+        try:
+            return self._dispatch(req)
+        finally:
+            time.sleep(latency / 2)
+
+    def _latency(self, path: str) -> float:
+        f = self.faults
+        if path.startswith("/_sim") or f.latency_max_s <= 0:
+            return 0.0
+        with self._lock:
+            return self._rng.uniform(f.latency_min_s, max(f.latency_min_s, f.latency_max_s))
+
+    def _dispatch(self, req: Request) -> tuple[Response, str | None]:
         fault = self._pick_fault(req.path)
         if fault == "slow":
             time.sleep(self.faults.slow_s)

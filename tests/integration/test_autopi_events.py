@@ -13,13 +13,14 @@ import pytest
 import requests
 from dagster import RunRequest, build_sensor_context
 
+from pipelines.lake import Lake
 from pipelines.resources import LakeResource
 from pipelines.settings import MissingCredentialError
 from pipelines.simulator.autopi import AutoPiServer
 from pipelines.simulator.world import World
 from pipelines.sources.autopi.assets import OP_NAME, build_autopi_exports, build_autopi_sensor
 from pipelines.sources.autopi.resources import AutoPiResource
-from pipelines.sources.autopi.state import ExportLedger, state_path
+from pipelines.sources.autopi.state import ExportLedger
 from pipelines.sources.autopi.webhook import SECRET_HEADER, WebhookServer, make_webhook_server
 
 SECRET = "hook-secret-123"
@@ -51,13 +52,19 @@ def server(world: World, clock: Clock) -> Iterator[AutoPiServer]:
 
 
 @pytest.fixture
-def lake_dir(tmp_path: Path) -> Path:
+def lake_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FLEET_STATE_URL", f"sqlite:///{tmp_path / 'state.sqlite3'}")
     return tmp_path / "lake"
+
+
+def ledger_of(lake_dir: Path) -> ExportLedger:
+    """The AutoPi ledger of `lake_dir` in FLEET_STATE_URL, as the runs and the sensor open it."""
+    return ExportLedger.of(Lake(lake_dir))
 
 
 @pytest.fixture
 def receiver(lake_dir: Path) -> Iterator[WebhookServer]:
-    hook = make_webhook_server("127.0.0.1", 0, SECRET, state_path(lake_dir))
+    hook = make_webhook_server("127.0.0.1", 0, SECRET, ledger_of(lake_dir))
     thread = threading.Thread(target=hook.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     yield hook
@@ -120,7 +127,7 @@ def test_landed_exports_are_not_asked_for_but_a_reexport_seen_pending_is(
     fleet_env, server: AutoPiServer, clock: Clock, lake_dir: Path
 ) -> None:
     done = finished_tasks(server)
-    with ExportLedger(state_path(lake_dir)) as ledger:
+    with ledger_of(lake_dir) as ledger:
         for task_id in done:
             ledger.record_landed(task_id, f"trip-{task_id}", "sha", "2026-03-31")
             ledger.record_cleared(task_id)
@@ -139,7 +146,7 @@ def test_a_signal_makes_the_next_tick_ask_for_that_export(
     fleet_env, server: AutoPiServer, lake_dir: Path, receiver: WebhookServer
 ) -> None:
     done = finished_tasks(server)
-    with ExportLedger(state_path(lake_dir)) as ledger:
+    with ledger_of(lake_dir) as ledger:
         for task_id in done:
             ledger.record_landed(task_id, f"trip-{task_id}", "sha", "2026-03-31")
             ledger.record_cleared(task_id)
@@ -163,7 +170,7 @@ def test_the_webhook_rejects_a_missing_or_wrong_secret(
     resp = requests.post(receiver.url, json=body, headers=headers, timeout=5)
     assert resp.status_code == 401
     assert SECRET not in resp.text
-    with ExportLedger(state_path(lake_dir)) as ledger:
+    with ledger_of(lake_dir) as ledger:
         assert ledger.signals() == []
     assert receiver.rejected == 1 and receiver.received == 0
 
@@ -177,7 +184,7 @@ def test_the_webhook_records_the_simulators_signals(
         sent = srv.poll_webhooks()
         assert sent and srv.flush_webhooks()
         assert {outcome for _, outcome in srv.webhook_deliveries} == {202}
-    with ExportLedger(state_path(lake_dir)) as ledger:
+    with ledger_of(lake_dir) as ledger:
         got = ledger.signals()
     assert [(s.task_id, s.trip_id) for s in got] == [(p["task_id"], p["trip_id"]) for p in sent]
 
@@ -196,4 +203,4 @@ def test_the_webhook_refuses_bad_bodies_and_ignores_other_signals(
 
 def test_the_webhook_will_not_start_without_a_secret(lake_dir: Path) -> None:
     with pytest.raises(MissingCredentialError, match="AUTOPI_WEBHOOK_SECRET is not set"):
-        make_webhook_server("127.0.0.1", 0, None, state_path(lake_dir))
+        make_webhook_server("127.0.0.1", 0, None, ledger_of(lake_dir))

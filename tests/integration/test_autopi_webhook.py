@@ -17,12 +17,22 @@ from pathlib import Path
 import pytest
 import requests
 
+from pipelines.lake import Lake
 from pipelines.sources.autopi.client import ExportTask
 from pipelines.sources.autopi.drain import waiting_exports
 from pipelines.sources.autopi.state import ExportLedger
 from pipelines.sources.autopi.webhook import SECRET_HEADER, WebhookServer, make_webhook_server
+from pipelines.state import shared as shared_state
 
 SECRET = "hook-secret-123"
+
+
+def ledger(tmp_path: Path) -> ExportLedger:
+    """The AutoPi ledger of the lake `tmp_path/lake`, in a state database under `tmp_path`."""
+    store = shared_state(f"sqlite:///{tmp_path / 'state.sqlite3'}")
+    return ExportLedger.of(Lake(tmp_path / "lake"), store)
+
+
 AUTH = {SECRET_HEADER: SECRET}
 Start = Callable[..., WebhookServer]
 
@@ -33,7 +43,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
     running: list[tuple[WebhookServer, threading.Thread]] = []
 
     def _start(**kwargs: float) -> WebhookServer:
-        hook = make_webhook_server("127.0.0.1", 0, SECRET, tmp_path / "autopi.sqlite3", **kwargs)
+        hook = make_webhook_server("127.0.0.1", 0, SECRET, ledger(tmp_path), **kwargs)
         thread = threading.Thread(target=hook.serve_forever, kwargs={"poll_interval": 0.05})
         thread.start()
         running.append((hook, thread))
@@ -247,8 +257,9 @@ def test_a_rebroadcast_after_a_landing_still_makes_the_sensor_probe_again(
     assert only.rebroadcast and only.received_at > hook.ledger.get(12).landed_at
 
 
-def test_a_ledger_written_before_dedup_keeps_working(tmp_path: Path) -> None:
-    path = tmp_path / "autopi.sqlite3"
+def test_a_ledger_an_older_version_kept_in_the_lake_is_imported_once(tmp_path: Path) -> None:
+    path = tmp_path / "lake" / "autopi" / "_state" / "autopi.sqlite3"
+    path.parent.mkdir(parents=True)
     old = sqlite3.connect(path)
     old.executescript(
         """
@@ -268,11 +279,13 @@ def test_a_ledger_written_before_dedup_keeps_working(tmp_path: Path) -> None:
     )
     old.commit()
     old.close()
-    with ExportLedger(path) as ledger:
-        got = sorted((s.task_id, s.received_at) for s in ledger.signals())
+    with ledger(tmp_path) as led:
+        got = sorted((s.task_id, s.received_at) for s in led.signals())
         assert got == [(7, 3.0), (8, 2.0), (9, 1.5)]  # the latest copy of each
-        assert ledger.add_signal(7, trip_id="t-7", finished_at="F") is False
-        assert ledger.add_signal(8) is False
-        assert ledger.add_signal(9, trip_id="t-9", finished_at="H") is True
-    with ExportLedger(path) as ledger:  # opening again changes nothing
-        assert len(ledger.signals()) == 4
+        assert led.add_signal(7, trip_id="t-7", finished_at="F") is False
+        assert led.add_signal(8) is False
+        assert led.add_signal(9, trip_id="t-9", finished_at="H") is True
+    # The lake no longer holds state: the file is kept, renamed, and not imported again.
+    assert not path.exists() and path.with_name("autopi.sqlite3.imported").is_file()
+    with ledger(tmp_path) as led:
+        assert len(led.signals()) == 4

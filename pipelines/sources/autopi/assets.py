@@ -1,7 +1,9 @@
 """`raw/autopi/trips` + `raw/autopi/datapoints`: one drain of every finished AutoPi export, the
 sensor that asks for it, and the re-export job."""
 
+import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -52,7 +54,8 @@ from pipelines.sources.autopi.drain import (
 from pipelines.sources.autopi.export import DATAPOINTS_SCHEMA, TRIPS_SCHEMA
 from pipelines.sources.autopi.landing import DATAPOINTS, EMPTY_DAY, SOURCE, TRIPS
 from pipelines.sources.autopi.resources import AutoPiResource
-from pipelines.sources.autopi.state import STATE_DIR, ExportLedger, state_path
+from pipelines.sources.autopi.state import ExportLedger
+from pipelines.state import lake_key
 
 TRIPS_KEY = AssetKey(["raw", "autopi", "trips"])
 DATAPOINTS_KEY = AssetKey(["raw", "autopi", "datapoints"])
@@ -99,7 +102,14 @@ def _ids(values: Sequence[int]) -> str:
 
 
 def _ledger(lake: LakeResource) -> ExportLedger:
-    return ExportLedger(state_path(Path(lake.lake_dir).expanduser().resolve()))
+    return ExportLedger.of(lake.lake())
+
+
+def scratch_dir(lake: Lake) -> Path:
+    """Where a lake's exports download before they are landed: a local folder whatever the lake
+    is (an object-store lake has none), one per lake so two lakes' task ids never collide."""
+    digest = hashlib.blake2b(lake_key(lake).encode(), digest_size=6).hexdigest()
+    return Path(tempfile.gettempdir()) / "fleet-pipelines" / f"autopi-downloads-{digest}"
 
 
 def build_autopi_exports() -> AssetsDefinition:
@@ -186,7 +196,7 @@ def build_autopi_exports() -> AssetsDefinition:
                 client,
                 lake_,
                 ledger,
-                scratch_dir=lake_.root / STATE_DIR / "downloads",
+                scratch_dir=scratch_dir(lake_),
                 reprobe_window_s=autopi.reprobe_hours * 3600,
                 extra_task_ids=config.task_ids,
                 tasks=tasks,
@@ -202,7 +212,7 @@ def build_autopi_exports() -> AssetsDefinition:
             f"{len(report.gone)} gone, {len(report.failed)} failed "
             f"in {time.monotonic() - started:.1f}s"
         )
-        quarantine_dir = lake_.root / SOURCE / QUARANTINE_TABLE
+        quarantine_dir = lake_.table_location(SOURCE, QUARANTINE_TABLE)
         yield from _results(report, client.stats.as_metadata(), refused, lake_, quarantine_dir)
 
     return autopi_exports
@@ -215,7 +225,7 @@ def _days(days: set[Any]) -> MetadataValue:
 
 
 def _quarantine_check(
-    asset_key: AssetKey, reasons: dict[str, int], trips: list[str], quarantine_dir: Path
+    asset_key: AssetKey, reasons: dict[str, int], trips: list[str], quarantine_dir: str
 ) -> AssetCheckResult:
     """WARN when rows meant for the asset's table were quarantined: how many, where, why."""
     rows = sum(reasons.values())
@@ -247,7 +257,7 @@ def _results(
     api: dict[str, float | int],
     refused: dict[str, str],
     lake: Lake,
-    quarantine_dir: Path,
+    quarantine_dir: str,
 ) -> Iterator[Any]:
     landed = report.landed
     trip_rows = [t for t in landed if t.trips_file is not None]

@@ -17,28 +17,28 @@ from pathlib import Path
 
 from pipelines.http import VendorAPIError
 from pipelines.lake import Lake
-from pipelines.locks import exclusive
 from pipelines.sources.autopi.client import FINISHED_BAD, AutoPiClient, ExportTask
 from pipelines.sources.autopi.export import CorruptExport
 from pipelines.sources.autopi.landing import (
-    SOURCE,
     LandedTrip,
     ensure_schema_files,
     land_export,
     migrate_legacy_quarantine,
     sha256_of,
 )
-from pipelines.sources.autopi.state import STATE_DIR, ExportLedger, ExportRecord
+from pipelines.sources.autopi.state import ExportLedger, ExportRecord
+from pipelines.state import held, lake_key
 
 DOWNLOAD_ATTEMPTS = 3  # a file that fails its gzip check is fetched again this many times
 SIGNAL_LOOKBACK_S = 7 * 86400  # webhook signals older than this no longer matter
 REEXPORT_POLL_S = 5.0
-LOCK_FILE = ".drain.lock"
 LOCK_WAIT_S = 900.0
 """A drain that finds another one running waits for it (then finds its exports landed), at most
 this long."""
-LEGACY_QUARANTINE_MIGRATED = STATE_DIR / "legacy-quarantine-migrated"
-"""Marker (lake-relative): the one-off move of `*.quarantine.jsonl` files has run."""
+LEASE_TTL_S = 60.0
+"""A drainer that dies holding the lease blocks the next drain at most this long."""
+LEGACY_QUARANTINE_MIGRATED = "legacy-quarantine-migrated"
+"""Ledger marker: the one-off move of `*.quarantine.jsonl` files has run for this lake."""
 
 Log = Callable[[str], None]
 
@@ -159,15 +159,27 @@ def drain_exports(
 ) -> DrainReport:
     """Land every finished export not landed yet and clear each one once it is safe.
 
-    One drain per lake at a time, whoever started it (a second Dagster instance, a CLI run, a
-    re-export): two would download every export twice and clear it twice. The second waits
-    for the first and then finds its exports landed; `locks.Busy` after `lock_wait_s`.
+    One drain per lake at a time, whoever started it on whichever machine (a second Dagster
+    instance, a CLI run, a re-export): two would download every export twice and clear it
+    twice. A lease in the shared state says who drains; the second waits for the first and
+    then finds its exports landed; `state.Busy` after `lock_wait_s`. A drainer that died
+    holding the lease blocks others only until it lapses (`LEASE_TTL_S`).
     """
-    with exclusive(lake.root / SOURCE, LOCK_FILE, "AutoPi drain", lock_wait_s) as waited:
-        if waited > 1:
-            log(f"AutoPi: waited {waited:.0f}s for another drain of this lake to finish")
+    key = lake_key(lake)
+    name = f"autopi-drain:{key}"
+    with held(ledger.store, name, "AutoPi drain", lock_wait_s, LEASE_TTL_S, key) as lease:
+        if lease.waited_s > 1:
+            log(f"AutoPi: waited {lease.waited_s:.0f}s for another drain of this lake to finish")
         return _drain(
-            client, lake, ledger, scratch_dir, reprobe_window_s, extra_task_ids, tasks, log
+            client,
+            lake,
+            ledger,
+            scratch_dir,
+            reprobe_window_s,
+            extra_task_ids,
+            tasks,
+            log,
+            lease.check,
         )
 
 
@@ -180,10 +192,11 @@ def _drain(
     extra_task_ids: Iterable[int],
     tasks: Sequence[ExportTask] | None,
     log: Log,
+    check_lease: Callable[[], None],
 ) -> DrainReport:
     report = DrainReport()
     report.schema_files = len(ensure_schema_files(lake))
-    report.legacy_quarantine_moved = _migrate_legacy_quarantine_once(lake, log)
+    report.legacy_quarantine_moved = _migrate_legacy_quarantine_once(lake, ledger, log)
     tasks = list(client.export_tasks()) if tasks is None else list(tasks)
     report.listed = len(tasks)
     report.pending = [t for t in tasks if not t.finished and t.state not in FINISHED_BAD]
@@ -200,22 +213,21 @@ def _drain(
         if task is None or not task.finished:
             continue  # asked for, but not (or no longer) a finished export
         report.probed += 1
+        check_lease()  # lapsed: another drain may be clearing these exports now
         _take(client, lake, ledger, task, why, scratch_dir, report, log)
     ledger.prune_signals(SIGNAL_LOOKBACK_S)
     return report
 
 
-def _migrate_legacy_quarantine_once(lake: Lake, log: Log) -> int:
+def _migrate_legacy_quarantine_once(lake: Lake, ledger: ExportLedger, log: Log) -> int:
     """Move an older version's quarantine files into the quarantine table, once per lake (the
     search lists every datapoints day folder, so it is not repeated on every drain)."""
-    marker = lake.root / LEGACY_QUARANTINE_MIGRATED
-    if marker.exists():
+    if ledger.done(LEGACY_QUARANTINE_MIGRATED):
         return 0
     moved = migrate_legacy_quarantine(lake)
     if moved:
         log(f"moved {moved} legacy *.quarantine.jsonl file(s) into autopi/quarantine/")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    ledger.mark_done(LEGACY_QUARANTINE_MIGRATED)
     return moved
 
 

@@ -1,4 +1,4 @@
-"""What we know about AutoPi exports between runs: one small SQLite file beside the lake tables.
+"""What we know about AutoPi exports between runs: the AutoPi ledger, in the shared state.
 
 AutoPi's `tasks/` list cannot say whether a finished export was already taken: a cleared task
 stays listed as SUCCESS forever, and a reopened trip's re-export comes back under the *same*
@@ -7,74 +7,81 @@ landed, when we landed and cleared it, when its result was found gone (404), and
 task was last seen unfinished after a landing (a re-export on its way). From that, a run or
 the sensor knows which SUCCESS tasks may hold a result we have not landed, without
 downloading anything. The webhook receiver appends `trip_export_finished` signals to the same
-file, and the datapoint keys ever seen are kept so drift reports say which keys are new.
+ledger, and the datapoint keys ever seen are kept so drift reports say which keys are new.
 
-SQLite (WAL, one transaction per change) makes every record atomic and lets the webhook
-process, the sensor and a run share the file safely. It lives at
-`$FLEET_LAKE_DIR/autopi/_state/autopi.sqlite3`, outside every `day=*/*.parquet` glob, and holds
-no secret.
+It lives in the shared state database (`FLEET_STATE_URL`, pipelines.state), so the webhook,
+the sensor and runs on any machine share it; every change is one transaction. Rows are kept
+per lake (its location), as a lake's landings are what the ledger describes: two lakes fed
+from the same account each land every export once. It holds no secret. An older version kept
+it in `$FLEET_LAKE_DIR/autopi/_state/autopi.sqlite3`; that file is imported once and renamed.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-STATE_DIR = Path("autopi") / "_state"
-STATE_FILE = "autopi.sqlite3"
+from pipelines.state import StateStore, Tx, lake_key
+
+LEGACY_STATE = Path("autopi") / "_state" / "autopi.sqlite3"
+"""Where an older version kept the ledger, inside a local lake."""
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS exports (
-    task_id INTEGER PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS autopi_exports (
+    lake TEXT NOT NULL,
+    task_id BIGINT NOT NULL,
     trip_id TEXT NOT NULL,
-    sha256 TEXT,              -- of the result file we landed
-    day TEXT,                 -- lake day folder the trip's files are in
-    landed_at REAL,
-    cleared_at REAL,
-    gone_at REAL,             -- the result answered 404 (cleared elsewhere, expired)
-    unfinished_seen_at REAL,  -- seen PENDING/STARTED after we last looked: a re-export
-    failed_at REAL,
-    failure TEXT
+    sha256 TEXT,               -- of the result file we landed
+    day TEXT,                  -- lake day folder the trip's files are in
+    landed_at {real},
+    cleared_at {real},
+    gone_at {real},            -- the result answered 404 (cleared elsewhere, expired)
+    unfinished_seen_at {real}, -- seen PENDING/STARTED after we last looked: a re-export
+    failed_at {real},
+    failure TEXT,
+    PRIMARY KEY (lake, task_id)
 );
-CREATE TABLE IF NOT EXISTS trips (
-    trip_id TEXT PRIMARY KEY,
-    task_id INTEGER NOT NULL,
-    day TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS autopi_trips (
+    lake TEXT NOT NULL,
+    trip_id TEXT NOT NULL,
+    task_id BIGINT NOT NULL,
+    day TEXT NOT NULL,
+    PRIMARY KEY (lake, trip_id)
 );
-CREATE TABLE IF NOT EXISTS signals (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    received_at REAL NOT NULL,
-    task_id INTEGER NOT NULL,
-    trip_id TEXT,
-    finished_at TEXT,
+CREATE TABLE IF NOT EXISTS autopi_signals (
+    id {id},
+    lake TEXT NOT NULL,
+    received_at {real} NOT NULL,
+    task_id BIGINT NOT NULL,
+    trip_id TEXT NOT NULL DEFAULT '',
+    finished_at TEXT NOT NULL DEFAULT '',
     rebroadcast INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS signals_task ON signals(task_id, received_at);
--- One row per signal (task, trip, finished_at): a retry or replay is not a new signal. Ledgers
--- written before this kept every copy; keep the latest of each once, then enforce it.
-DELETE FROM signals
-WHERE NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'signals_once')
-  AND id NOT IN (
-    SELECT max(id) FROM signals GROUP BY task_id, ifnull(trip_id, ''), ifnull(finished_at, '')
-  );
-CREATE UNIQUE INDEX IF NOT EXISTS signals_once
-    ON signals(task_id, ifnull(trip_id, ''), ifnull(finished_at, ''));
-CREATE TABLE IF NOT EXISTS datapoint_keys (
-    key TEXT PRIMARY KEY,
-    first_seen_at REAL NOT NULL,
-    first_trip_id TEXT NOT NULL
+-- One row per signal (task, trip, finished_at): a retry or replay is not a new signal.
+CREATE UNIQUE INDEX IF NOT EXISTS autopi_signals_once
+    ON autopi_signals (lake, task_id, trip_id, finished_at);
+CREATE INDEX IF NOT EXISTS autopi_signals_received ON autopi_signals(lake, received_at);
+CREATE TABLE IF NOT EXISTS autopi_datapoint_keys (
+    lake TEXT NOT NULL,
+    key TEXT NOT NULL,
+    first_seen_at {real} NOT NULL,
+    first_trip_id TEXT NOT NULL,
+    PRIMARY KEY (lake, key)
 );
+CREATE TABLE IF NOT EXISTS autopi_markers (
+    lake TEXT NOT NULL,
+    name TEXT NOT NULL,
+    done_at {real} NOT NULL,
+    PRIMARY KEY (lake, name)
+)
 """
-
-
-def state_path(lake_dir: Path) -> Path:
-    """The ledger of a lake (the webhook and the pipeline must agree on it)."""
-    return Path(lake_dir) / STATE_DIR / STATE_FILE
+_COLUMNS = (
+    "task_id, trip_id, sha256, day, landed_at, cleared_at, gone_at, unfinished_seen_at,"
+    " failed_at, failure"
+)
 
 
 @dataclass(frozen=True)
@@ -106,23 +113,29 @@ class Signal:
 
 
 class ExportLedger:
-    """The landed-state record; safe to share between threads and processes."""
+    """The landed-state record of one lake; safe to share between threads and processes."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a landing record must survive a crash
-            self._db.executescript(_SCHEMA)
+    @classmethod
+    def of(cls, lake: Any, state: StateStore | None = None) -> ExportLedger:
+        """The ledger of `lake` (a `Lake`) in `state` (default: `FLEET_STATE_URL`)."""
+        try:
+            root = lake.root
+        except Exception:  # an object-store lake has no local folder
+            root = None
+        legacy = root if isinstance(root, Path) else None
+        return cls(state or StateStore.from_settings(), lake_key(lake), legacy_root=legacy)
+
+    def __init__(self, store: StateStore, lake: str, legacy_root: Path | None = None) -> None:
+        """`lake` names the lake (its location); `legacy_root`, a local lake's folder, is where
+        an older version's ledger file may wait to be imported."""
+        self.store = store
+        self.lake = lake
+        store.ensure_schema("autopi_ledger", _SCHEMA)
+        if legacy_root is not None:
+            self._import_legacy(Path(legacy_root) / LEGACY_STATE)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Nothing to close: the state connection is the process's."""
 
     def __enter__(self) -> ExportLedger:
         return self
@@ -130,74 +143,82 @@ class ExportLedger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self):  # noqa: ANN202 - the store's transaction context manager
+        return self.store.transaction(f"autopi-ledger:{self.lake}")
 
     # --- exports ----------------------------------------------------------------------------
     def exports(self) -> dict[int, ExportRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT task_id, trip_id, sha256, day, landed_at, cleared_at, gone_at,"
-                " unfinished_seen_at, failed_at, failure FROM exports"
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM autopi_exports WHERE lake = ?", (self.lake,)
             ).fetchall()
-        return {r[0]: ExportRecord(*r) for r in rows}
+        return {int(r[0]): ExportRecord(*r) for r in rows}
 
     def get(self, task_id: int) -> ExportRecord | None:
-        return self.exports().get(task_id) if task_id else None
+        if not task_id:
+            return None
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM autopi_exports WHERE lake = ? AND task_id = ?",
+                (self.lake, task_id),
+            ).fetchone()
+        return ExportRecord(*row) if row else None
 
     def trip_day(self, trip_id: str) -> str | None:
         """The day folder holding a trip's files now, whichever task landed them."""
-        with self._lock:
-            row = self._db.execute("SELECT day FROM trips WHERE trip_id = ?", (trip_id,)).fetchone()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT day FROM autopi_trips WHERE lake = ? AND trip_id = ?", (self.lake, trip_id)
+            ).fetchone()
         return row[0] if row else None
 
-    def _ensure(self, db: sqlite3.Connection, task_id: int, trip_id: str) -> None:
+    def _ensure(self, db: Tx, task_id: int, trip_id: str) -> None:
         db.execute(
-            "INSERT INTO exports (task_id, trip_id) VALUES (?, ?) ON CONFLICT(task_id) DO NOTHING",
-            (task_id, trip_id),
+            "INSERT INTO autopi_exports (lake, task_id, trip_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (lake, task_id) DO NOTHING",
+            (self.lake, task_id, trip_id),
         )
 
     def record_landed(self, task_id: int, trip_id: str, sha256: str, day: str) -> None:
-        now = time.time()
         with self._tx() as db:
+            now = db.now()
             self._ensure(db, task_id, trip_id)
             db.execute(
-                "UPDATE exports SET sha256 = ?, day = ?, landed_at = ?, cleared_at = NULL,"
-                " gone_at = NULL, failed_at = NULL, failure = NULL WHERE task_id = ?",
-                (sha256, day, now, task_id),
+                "UPDATE autopi_exports SET sha256 = ?, day = ?, landed_at = ?, cleared_at = NULL,"
+                " gone_at = NULL, failed_at = NULL, failure = NULL WHERE lake = ? AND task_id = ?",
+                (sha256, day, now, self.lake, task_id),
             )
             db.execute(
-                "INSERT INTO trips (trip_id, task_id, day) VALUES (?, ?, ?)"
-                " ON CONFLICT(trip_id) DO UPDATE SET task_id = excluded.task_id,"
+                "INSERT INTO autopi_trips (lake, trip_id, task_id, day) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (lake, trip_id) DO UPDATE SET task_id = excluded.task_id,"
                 " day = excluded.day",
-                (trip_id, task_id, day),
+                (self.lake, trip_id, task_id, day),
+            )
+
+    def _stamp(self, column: str, task_id: int, trip_id: str | None) -> None:
+        with self._tx() as db:
+            now = db.now()
+            if trip_id is not None:
+                self._ensure(db, task_id, trip_id)
+            db.execute(
+                f"UPDATE autopi_exports SET {column} = ? WHERE lake = ? AND task_id = ?",
+                (now, self.lake, task_id),
             )
 
     def record_cleared(self, task_id: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE exports SET cleared_at = ? WHERE task_id = ?", (time.time(), task_id)
-            )
+        self._stamp("cleared_at", task_id, None)
 
     def record_gone(self, task_id: int, trip_id: str) -> None:
-        with self._tx() as db:
-            self._ensure(db, task_id, trip_id)
-            db.execute("UPDATE exports SET gone_at = ? WHERE task_id = ?", (time.time(), task_id))
+        self._stamp("gone_at", task_id, trip_id)
 
     def record_failure(self, task_id: int, trip_id: str, failure: str) -> None:
         with self._tx() as db:
+            now = db.now()
             self._ensure(db, task_id, trip_id)
             db.execute(
-                "UPDATE exports SET failed_at = ?, failure = ? WHERE task_id = ?",
-                (time.time(), failure[:500], task_id),
+                "UPDATE autopi_exports SET failed_at = ?, failure = ?"
+                " WHERE lake = ? AND task_id = ?",
+                (now, failure[:500], self.lake, task_id),
             )
 
     def record_unfinished(self, task_ids: Iterable[int]) -> int:
@@ -206,17 +227,18 @@ class ExportLedger:
         ids = list(task_ids)
         if not ids:
             return 0
-        now = time.time()
         marks = ",".join("?" * len(ids))
         with self._tx() as db:
-            cur = db.execute(
-                f"UPDATE exports SET unfinished_seen_at = ? WHERE task_id IN ({marks})"
+            now = db.now()
+            return db.execute(
+                f"UPDATE autopi_exports SET unfinished_seen_at = ? WHERE lake = ?"
+                f" AND task_id IN ({marks})"
                 " AND (landed_at IS NOT NULL OR gone_at IS NOT NULL)"
                 " AND (unfinished_seen_at IS NULL"
-                "      OR unfinished_seen_at < max(coalesce(landed_at, 0), coalesce(gone_at, 0)))",
-                (now, *ids),
-            )
-            return cur.rowcount
+                "      OR unfinished_seen_at < coalesce(landed_at, 0)"
+                "      OR unfinished_seen_at < coalesce(gone_at, 0))",
+                (now, self.lake, *ids),
+            ).rowcount
 
     # --- webhook signals ----------------------------------------------------------------------
     def add_signal(
@@ -236,63 +258,144 @@ class ExportLedger:
         moves forward and the sensor probes the task once more. A re-export comes with a new
         `finished_at` and is a new signal.
         """
-        now = time.time()
-        key = (task_id, trip_id or "", finished_at or "")
+        key = (self.lake, task_id, trip_id or "", finished_at or "")
         with self._tx() as db:
+            now = db.now()
             row = db.execute(
-                "SELECT id, received_at FROM signals WHERE task_id = ?"
-                " AND ifnull(trip_id, '') = ? AND ifnull(finished_at, '') = ?",
+                "SELECT id, received_at FROM autopi_signals WHERE lake = ? AND task_id = ?"
+                " AND trip_id = ? AND finished_at = ?",
                 key,
             ).fetchone()
             if row is None:
                 db.execute(
-                    "INSERT INTO signals (received_at, task_id, trip_id, finished_at, rebroadcast)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (now, task_id, trip_id, finished_at, int(rebroadcast)),
+                    "INSERT INTO autopi_signals"
+                    " (lake, task_id, trip_id, finished_at, received_at, rebroadcast)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (*key, now, int(rebroadcast)),
                 )
                 return True
             if not rebroadcast:
                 return False
             look = db.execute(
-                "SELECT max(ifnull(landed_at, 0), ifnull(gone_at, 0)) FROM exports"
-                " WHERE task_id = ?",
-                (task_id,),
+                "SELECT landed_at, gone_at FROM autopi_exports WHERE lake = ? AND task_id = ?",
+                (self.lake, task_id),
             ).fetchone()
-            if look is None or row[1] > look[0]:
+            if look is None or row[1] > max(look[0] or 0.0, look[1] or 0.0):
                 return False  # not looked at since: the sensor already treats it as waiting
             db.execute(
-                "UPDATE signals SET received_at = ?, rebroadcast = 1 WHERE id = ?", (now, row[0])
+                "UPDATE autopi_signals SET received_at = ?, rebroadcast = 1 WHERE id = ?",
+                (now, row[0]),
             )
             return True
 
     def signals(self, since: float = 0.0) -> list[Signal]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT received_at, task_id, trip_id, finished_at, rebroadcast FROM signals"
-                " WHERE received_at >= ? ORDER BY id",
-                (since,),
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT received_at, task_id, trip_id, finished_at, rebroadcast"
+                " FROM autopi_signals WHERE lake = ? AND received_at >= ? ORDER BY id",
+                (self.lake, since),
             ).fetchall()
-        return [Signal(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+        return [Signal(r[0], int(r[1]), r[2] or None, r[3] or None, bool(r[4])) for r in rows]
 
     def prune_signals(self, older_than_s: float) -> int:
         with self._tx() as db:
-            cur = db.execute(
-                "DELETE FROM signals WHERE received_at < ?", (time.time() - older_than_s,)
-            )
-            return cur.rowcount
+            now = db.now()
+            return db.execute(
+                "DELETE FROM autopi_signals WHERE lake = ? AND received_at < ?",
+                (self.lake, now - older_than_s),
+            ).rowcount
 
     # --- datapoint keys ---------------------------------------------------------------------
     def note_keys(self, keys: Iterable[str], trip_id: str) -> list[str]:
         """Remember undeclared datapoint keys; returns those never seen before."""
-        now = time.time()
         new: list[str] = []
         with self._tx() as db:
+            now = db.now()
             for key in sorted(set(keys)):
-                cur = db.execute(
-                    "INSERT INTO datapoint_keys (key, first_seen_at, first_trip_id)"
-                    " VALUES (?, ?, ?) ON CONFLICT(key) DO NOTHING",
-                    (key, now, trip_id),
-                )
-                if cur.rowcount:
+                taken = db.execute(
+                    "INSERT INTO autopi_datapoint_keys (lake, key, first_seen_at, first_trip_id)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (lake, key) DO NOTHING",
+                    (self.lake, key, now, trip_id),
+                ).rowcount
+                if taken:
                     new.append(key)
         return new
+
+    # --- one-off steps ----------------------------------------------------------------------
+    def done(self, name: str) -> bool:
+        """Whether the one-off step `name` (e.g. a migration) already ran for this lake."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT 1 FROM autopi_markers WHERE lake = ? AND name = ?", (self.lake, name)
+            ).fetchone()
+        return row is not None
+
+    def mark_done(self, name: str) -> None:
+        with self._tx() as db:
+            now = db.now()
+            db.execute(
+                "INSERT INTO autopi_markers (lake, name, done_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (lake, name) DO NOTHING",
+                (self.lake, name, now),
+            )
+
+    def _import_legacy(self, path: Path) -> None:
+        """Take an older version's in-lake ledger file into the shared state, once, and rename
+        it so the lake no longer holds state (nothing is lost: the file stays, renamed)."""
+        if not path.is_file():
+            return
+        old = sqlite3.connect(path, timeout=30)
+
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            try:
+                return old.execute(sql).fetchall()
+            except sqlite3.Error:  # a table an older version did not have yet
+                return []
+
+        try:
+            exports = rows(f"SELECT {_COLUMNS} FROM exports")
+            trips = rows("SELECT trip_id, task_id, day FROM trips")
+            # Newest first: versions before de-duplication kept every copy; the latest wins.
+            signals = rows(
+                "SELECT received_at, task_id, trip_id, finished_at, rebroadcast FROM signals"
+                " ORDER BY received_at DESC, id DESC"
+            )
+            keys = rows("SELECT key, first_seen_at, first_trip_id FROM datapoint_keys")
+        finally:
+            old.close()
+        with self._tx() as db:
+            for r in exports:
+                db.execute(
+                    f"INSERT INTO autopi_exports (lake, {_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (lake, task_id) DO NOTHING",
+                    (self.lake, *r),
+                )
+            for r in trips:
+                db.execute(
+                    "INSERT INTO autopi_trips (lake, trip_id, task_id, day) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (lake, trip_id) DO NOTHING",
+                    (self.lake, *r),
+                )
+            for received_at, task_id, trip_id, finished_at, rb in signals:
+                db.execute(
+                    "INSERT INTO autopi_signals"
+                    " (lake, task_id, trip_id, finished_at, received_at, rebroadcast)"
+                    " VALUES (?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (lake, task_id, trip_id, finished_at) DO NOTHING",
+                    (
+                        self.lake,
+                        task_id,
+                        trip_id or "",
+                        finished_at or "",
+                        received_at,
+                        rb,
+                    ),
+                )
+            for r in keys:
+                db.execute(
+                    "INSERT INTO autopi_datapoint_keys (lake, key, first_seen_at, first_trip_id)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (lake, key) DO NOTHING",
+                    (self.lake, *r),
+                )
+        path.rename(path.with_name(path.name + ".imported"))

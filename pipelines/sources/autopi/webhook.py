@@ -389,13 +389,13 @@ def make_webhook_server(
     host: str,
     port: int,
     secret: str | None,
-    state_path: Path,
+    ledger: ExportLedger,
     *,
     max_threads: int = DEFAULT_MAX_THREADS,
     timeout: float = DEFAULT_TIMEOUT_S,
     request_deadline: float = DEFAULT_REQUEST_DEADLINE_S,
 ) -> WebhookServer:
-    """A bound receiver writing to the ledger at `state_path`; raises `MissingCredentialError`
+    """A bound receiver writing to `ledger`; raises `MissingCredentialError`
     when no secret is configured (an open receiver would let anyone trigger drains)."""
     if not secret:
         raise MissingCredentialError("AUTOPI_WEBHOOK_SECRET is not set (needed by fleet webhook)")
@@ -403,7 +403,7 @@ def make_webhook_server(
         host,
         port,
         secret,
-        ExportLedger(state_path),
+        ledger,
         max_threads=max_threads,
         timeout=timeout,
         request_deadline=request_deadline,
@@ -414,24 +414,37 @@ def serve_webhook(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     secret: str | None = None,
-    state_path: Path | None = None,
+    state: str | Path | None = None,
 ) -> int:
     """What `fleet webhook` runs: serve until interrupted. Secret and ledger path default to
-    `AUTOPI_WEBHOOK_SECRET` and `$FLEET_LAKE_DIR/autopi/_state/autopi.sqlite3`."""
+    `AUTOPI_WEBHOOK_SECRET` and the AutoPi ledger of FLEET_LAKE_DIR in FLEET_STATE_URL."""
+    from pipelines.lake import Lake
     from pipelines.settings import get_settings, load_env_file
-    from pipelines.sources.autopi.state import state_path as default_state_path
+    from pipelines.state import StateStore
+    from pipelines.state import shared as shared_state
 
     load_env_file()
     settings = get_settings()
     if secret is None and settings.autopi_webhook_secret is not None:
         secret = settings.autopi_webhook_secret.get_secret_value()
-    path = state_path or default_state_path(settings.lake_dir)
+    if not secret:
+        print(MissingCredentialError("AUTOPI_WEBHOOK_SECRET is not set (needed by fleet webhook)"))
+        return 2
     try:
-        server = make_webhook_server(host, port, secret, path)
-    except MissingCredentialError as exc:
+        if state is None:
+            store = StateStore.from_settings()
+        else:  # a state URL, or a SQLite file's path
+            text = str(state)
+            store = shared_state(text if "://" in text else f"sqlite:///{Path(text).resolve()}")
+    except (ConnectionError, ValueError) as exc:
         print(exc)
         return 2
-    print(f"AutoPi webhook receiver on {server.url} (POST, header {SECRET_HEADER}); ledger {path}")
+    ledger = ExportLedger.of(Lake(settings.lake_dir), store)
+    server = make_webhook_server(host, port, secret, ledger)
+    print(
+        f"AutoPi webhook receiver on {server.url} (POST, header {SECRET_HEADER}); "
+        f"ledger in {store.describe()}"
+    )
     print("Signals are picked up by autopi_exports_sensor at its next tick. Ctrl-C stops.")
     try:
         server.serve_forever(poll_interval=0.5)

@@ -29,7 +29,7 @@ class AvlResource(SourceResource):
     idle_min: int = 0
     duration_min: int = 0
     rate_limit: str = "10/60"
-    ratelimit_db: str
+    state_url: str | None = None  # FLEET_STATE_URL (an EnvVar: it may hold a password)
 
     @classmethod
     def from_settings(cls, settings: FleetSettings) -> AvlResource:
@@ -62,7 +62,7 @@ class AvlResource(SourceResource):
             idle_min=idle_min.value,
             duration_min=duration_min.value,
             rate_limit=rate.value,
-            ratelimit_db=str(settings.fleet_ratelimit_db),
+            state_url=secret("FLEET_STATE_URL"),
             setting_error=first_error(
                 settings.start_date, timezone, idle_min, duration_min, rate, *http_parsed
             ),
@@ -85,7 +85,7 @@ class AvlResource(SourceResource):
         tenant = require(self.tenant, "AVL_TENANT", asset)
         # One ledger key per API account: every process using it shares the 10/min window.
         limiter = make_limiter(
-            f"avl|{base_url.rstrip('/')}|{tenant}", self.rate_limit, self.ratelimit_db
+            f"avl|{base_url.rstrip('/')}|{tenant}", self.rate_limit, self.state_url
         )
         return AvlClient(
             base_url,

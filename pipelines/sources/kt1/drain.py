@@ -26,12 +26,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path
 
-from pipelines.lake import PARTITION_KEY, Lake
-from pipelines.locks import Busy, exclusive
+from pipelines.lake import Lake
 from pipelines.sources.kt1.client import REDELIVERY_S, AckOutcome, Kt1Batch, Kt1Client
 from pipelines.sources.kt1.extract import QUARANTINE, SCHEMAS, SOURCE, TABLES, ItemSplitter
+from pipelines.state import Busy, Lease, StateStore, held, lake_key
 
 Stage = str
 """Named points of a drain, reported to `on_stage` (crash tests stop the process there)."""
@@ -43,7 +42,8 @@ STAGES = (AFTER_GET, MID_WRITE, AFTER_WRITE, AFTER_DELETE)
 
 DEFAULT_GROUP_MAX_BATCHES = 50
 SCHEMA_FILE = "schema-only"
-LOCK_FILE = ".drain.lock"
+LEASE_TTL_S = 60.0
+"""A drainer that dies holding the lease blocks the next drain at most this long."""
 
 
 class DrainBusy(RuntimeError):
@@ -102,11 +102,15 @@ def group_file_name(batches: list[Kt1Batch]) -> str:
 
 
 @contextlib.contextmanager
-def drain_lock(lake: Lake, wait_s: float) -> Iterator[float]:
-    """One drain per lake at a time (two would fight over the queue); yields seconds waited."""
+def drain_lock(lake: Lake, wait_s: float, state: StateStore | None = None) -> Iterator[Lease]:
+    """One drain per lake at a time, on any machine (two would hold each other's batches until
+    redelivery): a lease in the shared state that lapses `LEASE_TTL_S` after a dead drainer's
+    last renewal."""
+    store = state or StateStore.from_settings()
     try:
-        with exclusive(lake.root / SOURCE, LOCK_FILE, "kt1 drain", wait_s) as waited:
-            yield waited
+        key = lake_key(lake)
+        with held(store, f"kt1-drain:{key}", "kt1 drain", wait_s, LEASE_TTL_S, key) as lease:
+            yield lease
     except Busy as exc:
         raise DrainBusy(str(exc)) from None
 
@@ -121,6 +125,7 @@ def drain_stream(
     on_stage: Callable[[Stage], None] | None = None,
     progress: Callable[[str], None] | None = None,
     lock_wait_s: float | None = None,
+    state: StateStore | None = None,
 ) -> DrainResult:
     """Drain the stream into `lake` until it is empty or `budget_s` is spent.
 
@@ -130,8 +135,9 @@ def drain_stream(
     """
     result = DrainResult()
     started = time.monotonic()
-    with drain_lock(lake, budget_s if lock_wait_s is None else lock_wait_s) as waited:
-        result.lock_wait_s = waited
+    wait_s = budget_s if lock_wait_s is None else lock_wait_s
+    with drain_lock(lake, wait_s, state) as lease:
+        waited = result.lock_wait_s = lease.waited_s
         deadline = time.monotonic() + max(budget_s - waited, 0.0)
         with ItemSplitter() as splitter:
             _drain(
@@ -144,10 +150,10 @@ def drain_stream(
                 group_max_age_s=group_max_age_s,
                 on_stage=on_stage or (lambda _stage: None),
                 progress=progress or (lambda _msg: None),
+                check_lease=lease.check,
             )
-        for path in ensure_schema_files(lake):  # files too: days_written lists their day
-            day = date.fromisoformat(path.parent.name.removeprefix(f"{PARTITION_KEY}="))
-            result.tables[path.parent.parent.name].days.add(day)
+        for table, day in ensure_schema_files(lake):  # files too: days_written lists their day
+            result.tables[table].days.add(day)
     result.seconds = time.monotonic() - started
     return result
 
@@ -163,13 +169,14 @@ def _drain(
     group_max_age_s: float,
     on_stage: Callable[[Stage], None],
     progress: Callable[[str], None],
+    check_lease: Callable[[], None],
 ) -> None:
     group = _Group()
     seen: set[int] = set()  # identity hashes landed in this run
     largest_body = 0
 
     def flush() -> None:
-        _flush(client, lake, splitter, group, result, seen, on_stage, progress)
+        _flush(client, lake, splitter, group, result, seen, on_stage, progress, check_lease)
 
     try:
         while True:
@@ -217,8 +224,10 @@ def _flush(
     seen: set[int],
     on_stage: Callable[[Stage], None],
     progress: Callable[[str], None],
+    check_lease: Callable[[], None],
 ) -> None:
-    """Land every item of the group durably, then — only then — acknowledge its batches."""
+    """Land every item of the group durably, then — only then — acknowledge its batches
+    (unless the drain lease lapsed: another drain may hold them now, redelivery covers it)."""
     batches = list(group.batches)
     group.batches.clear()  # a failure below must not make the caller flush them twice
     split = splitter.split(batches, datetime.now(UTC), seen)
@@ -247,6 +256,7 @@ def _flush(
     result.duplicate_items_in_run += split.duplicates
     items = sum(split.rows_by_table.values()) + split.quarantined
     result.items += items
+    check_lease()
     for batch in batches:
         if batch.batch_id is None:
             continue  # nothing to acknowledge; it will come back and land again
@@ -264,14 +274,14 @@ def _flush(
     )
 
 
-def ensure_schema_files(lake: Lake, today: date | None = None) -> list[Path]:
+def ensure_schema_files(lake: Lake, today: date | None = None) -> list[tuple[str, date]]:
     """Give each raw table a schema-only file if it has none, so dbt's read_parquet always
-    matches a file once the drain has run (even on an empty queue).
+    matches a file once the drain has run (even on an empty queue); the (table, day) of each.
     """
     day = today or datetime.now(UTC).date()
     written = []
     for table in TABLES:
         if not lake.files(SOURCE, table):
-            empty = SCHEMAS[table].empty_table()
-            written.append(lake.write_file(SOURCE, table, day, SCHEMA_FILE, empty).path)
+            lake.write_file(SOURCE, table, day, SCHEMA_FILE, SCHEMAS[table].empty_table())
+            written.append((table, day))
     return written

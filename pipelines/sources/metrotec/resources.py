@@ -36,7 +36,7 @@ class MetrotecResource(SourceResource):
     api_version: str = "1.1.0"
     user_agent: str
     rate_limit: str = "5/1"
-    ratelimit_db: str
+    state_url: str | None = None  # FLEET_STATE_URL (an EnvVar: it may hold a password)
     window_days: int = MAX_WINDOW_DAYS
     token_refresh_margin_s: float = DEFAULT_REFRESH_MARGIN_S
     path_login: str = _PATHS.login
@@ -80,7 +80,7 @@ class MetrotecResource(SourceResource):
             api_version=settings.metrotec_api_version,
             user_agent=settings.metrotec_user_agent,
             rate_limit=rate.value,
-            ratelimit_db=str(settings.fleet_ratelimit_db),
+            state_url=secret("FLEET_STATE_URL"),
             window_days=window.value,
             token_refresh_margin_s=margin.value,
             setting_error=first_error(settings.start_date, rate, window, margin, *http_parsed),
@@ -125,7 +125,7 @@ class MetrotecResource(SourceResource):
             )
         # One ledger key per account: every process pulling it shares METROTEC_RATE_LIMIT.
         limiter = make_limiter(
-            f"metrotec|{base_url.rstrip('/')}|{username}", self.rate_limit, self.ratelimit_db
+            f"metrotec|{base_url.rstrip('/')}|{username}", self.rate_limit, self.state_url
         )
         return MetrotecClient(
             base_url,

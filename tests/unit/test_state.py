@@ -1,0 +1,54 @@
+"""The shared state on its one-machine default (SQLite): URLs, leases, the retired variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.settings import FleetSettings
+from pipelines.state import Busy, Lease, StateStore, redact, sqlite_path
+
+
+def test_sqlite_urls_name_relative_and_absolute_files() -> None:
+    assert sqlite_path("sqlite:///data/fleet_state.sqlite3") == Path("data/fleet_state.sqlite3")
+    assert sqlite_path("sqlite:////tmp/x/state.db") == Path("/tmp/x/state.db")
+    with pytest.raises(ValueError, match="FLEET_STATE_URL='sqlite:/x' is not sqlite:///PATH"):
+        sqlite_path("sqlite:/x")
+
+
+def test_the_default_state_is_a_sqlite_file_under_data(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLEET_STATE_URL", raising=False)
+    url = FleetSettings().fleet_state_url
+    store = StateStore(url)
+    with store.transaction("t") as tx:
+        assert tx.now() > 1.7e9
+    store.close()
+    assert (tmp_path / "data" / "fleet_state.sqlite3").is_file()
+
+
+def test_passwords_are_redacted() -> None:
+    assert redact("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_a_lease_is_exclusive_and_free_again_once_released(tmp_path: Path) -> None:
+    store = StateStore(f"sqlite:///{tmp_path / 's.db'}")
+    first = Lease(store, "drain", "test drain", where="lake-x")
+    first.acquire(wait_s=0)
+    second = Lease(store, "drain", "test drain", where="lake-x")
+    with pytest.raises(Busy, match="another test drain is running on lake-x"):
+        second.acquire(wait_s=0.3)
+    first.release()
+    assert second.acquire(wait_s=0) < 1
+    second.release()
+    store.close()
+
+
+def test_the_retired_ratelimit_variable_is_named_in_one_warning(monkeypatch) -> None:
+    monkeypatch.setenv("FLEET_RATELIMIT_DB", "/tmp/old.sqlite3")
+    (line,) = FleetSettings().retired_warnings()
+    assert (
+        line.startswith("FLEET_RATELIMIT_DB is retired and ignored") and "FLEET_STATE_URL" in line
+    )
