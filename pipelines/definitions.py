@@ -6,12 +6,13 @@ from dagster import DailyPartitionsDefinition, Definitions
 
 from pipelines.checks import build_raw_checks
 from pipelines.dbt import build_dbt_assets, dbt_resource
+from pipelines.executors import run_executor
 from pipelines.facts import FactsCatalog
 from pipelines.facts_build import build_facts_sensor
 from pipelines.facts_maintenance import facts_maintenance, facts_maintenance_schedule
 from pipelines.report.assets import build_report_defs
 from pipelines.resources import LakeResource
-from pipelines.runs import check_instance, fleet_executor
+from pipelines.runs import check_instance
 from pipelines.settings import FleetSettings, get_settings, load_env_file
 from pipelines.sources.autopi.assets import build_autopi_defs
 from pipelines.sources.autopi.resources import AutoPiResource
@@ -66,7 +67,7 @@ def build_defs(settings: FleetSettings | None = None) -> Definitions:
             jobs=[facts_maintenance],
             schedules=[facts_maintenance_schedule],
             resources=build_resources(settings),
-            executor=fleet_executor,
+            executor=run_executor(),  # FLEET_EXECUTOR: beside the run, or Celery workers
         ),
     )
 

@@ -156,12 +156,19 @@ INSTANCE_SETTINGS: dict[str, Any] = {
 """What every Dagster instance running this project needs in its `dagster.yaml`."""
 
 
+MONITORED_LAUNCHERS = frozenset(
+    {HeartbeatRunLauncher.__name__, "K8sRunLauncher", "CeleryK8sRunLauncher", "EcsRunLauncher"}
+)
+"""Launchers that answer run monitoring themselves (ours; Kubernetes' and ECS' ask their
+cluster whether a run's pod or task is alive)."""
+
+
 def instance_problems(config: Mapping[str, Any] | None) -> list[str]:
     """What a `dagster.yaml` lacks of `INSTANCE_SETTINGS`, one line each (empty: all set)."""
     config = config or {}
     problems = []
     launcher = config.get("run_launcher") or {}
-    if launcher.get("class") != HeartbeatRunLauncher.__name__:
+    if launcher.get("class") not in MONITORED_LAUNCHERS:
         problems.append(
             f"run_launcher is not {__name__}.{HeartbeatRunLauncher.__name__}: "
             "a killed run is never noticed"

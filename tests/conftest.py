@@ -13,6 +13,9 @@ import pytest
 
 from pipelines.simulator.world import World
 
+# Real servers (Postgres, an S3-compatible server, Redis) on 127.0.0.1, started on demand.
+pytest_plugins = ["tests.servers"]
+
 # A fixed world spanning the EU spring DST change (2026-03-29), seen from a fixed "now".
 WORLD_END = date(2026, 3, 31)
 SIM_NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
@@ -26,7 +29,7 @@ _SOURCE_VARS = [
 class FleetEnv:
     lake_dir: Path
     catalog_path: Path  # the facts' SQLite DuckLake catalog
-    ratelimit_db: Path
+    state_db: Path  # FLEET_STATE_URL's SQLite file: limiter, AutoPi ledger, drain leases
 
     @property
     def facts_data(self) -> Path:
@@ -76,13 +79,11 @@ def fleet_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FleetEnv:
     for key in _SOURCE_VARS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)  # so a developer's .env is not read
-    env = FleetEnv(
-        tmp_path / "lake", tmp_path / "fleet_catalog.sqlite", tmp_path / "ratelimits.sqlite3"
-    )
+    env = FleetEnv(tmp_path / "lake", tmp_path / "fleet_catalog.sqlite", tmp_path / "state.sqlite3")
     monkeypatch.setenv("FLEET_LAKE_DIR", str(env.lake_dir))
     for key, value in facts_env(env.catalog_path).items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("FLEET_RATELIMIT_DB", str(env.ratelimit_db))
+    monkeypatch.setenv("FLEET_STATE_URL", f"sqlite:///{env.state_db}")
     monkeypatch.setenv("FLEET_START_DATE", "2025-12-01")
     return env
 

@@ -58,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dagster_yaml = sub.add_parser(
         "dagster-yaml", help="print the dagster.yaml settings this project needs"
     )
+    dagster_yaml.add_argument(
+        "--postgres",
+        action="store_true",
+        help="print the whole dagster.yaml of an instance whose storage is on Postgres "
+        "(deploy/dagster.yaml)",
+    )
     dagster_yaml.set_defaults(func=cmd_dagster_yaml)
 
     hook = sub.add_parser("webhook", help="receive AutoPi trip_export_finished signals")

@@ -25,11 +25,49 @@ if TYPE_CHECKING:
 
 
 def cmd_dagster_yaml(args: argparse.Namespace) -> int:
-    """Print the `dagster.yaml` settings every Dagster instance running this project needs."""
+    """Print the `dagster.yaml` settings every Dagster instance running this project needs;
+    with `--postgres`, the whole file of an instance whose storage is on Postgres (what
+    deploy/dagster.yaml holds), built from the same settings so that the two never drift."""
     from pipelines.runs import instance_yaml
 
-    print(instance_yaml(), end="")
+    print(postgres_instance_yaml() if getattr(args, "postgres", False) else instance_yaml(), end="")
     return 0
+
+
+POSTGRES_STORAGE: dict[str, Any] = {
+    "postgres": {
+        "postgres_db": {
+            "hostname": {"env": "DAGSTER_PG_HOST"},
+            "port": {"env": "DAGSTER_PG_PORT"},
+            "username": {"env": "DAGSTER_PG_USER"},
+            "password": {"env": "DAGSTER_PG_PASSWORD"},
+            "db_name": {"env": "DAGSTER_PG_DB"},
+            # SQLAlchemy 2.1 no longer picks psycopg2 for a bare `postgresql` URL.
+            "scheme": "postgresql+psycopg2",
+        }
+    }
+}
+"""Runs, event logs and schedule/sensor state in one Postgres database, read from the
+environment so that no password is written in the file."""
+
+
+def postgres_instance_yaml() -> str:
+    """The `dagster.yaml` of an instance shared by several machines: `POSTGRES_STORAGE` plus
+    the settings `fleet dagster-yaml` prints."""
+    import yaml
+
+    from pipelines.runs import INSTANCE_SETTINGS
+
+    return (
+        "# Written by `fleet dagster-yaml --postgres` (fleet-pipelines): a Dagster instance whose\n"
+        "# runs, event logs and schedule/sensor state are in Postgres, so that the webserver, the\n"
+        "# daemon, every run and every Celery worker, on any machine, share them. The server is\n"
+        "# named by DAGSTER_PG_HOST, DAGSTER_PG_PORT, DAGSTER_PG_USER, DAGSTER_PG_PASSWORD (may\n"
+        "# be empty where the server trusts the client) and DAGSTER_PG_DB. Run monitoring notices\n"
+        "# runs that die (their heartbeat stops) and frees their pools; runs wait for a pool in\n"
+        "# the queue, not in a process.\n"
+        + yaml.safe_dump({"storage": POSTGRES_STORAGE, **INSTANCE_SETTINGS}, sort_keys=False)
+    )
 
 
 # --- fleet simulate ---------------------------------------------------------------------------
