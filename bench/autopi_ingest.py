@@ -8,21 +8,28 @@ process's own (`ru_maxrss`). Prints seconds, the ratio to `gzip -dc` (the floor:
 inflates), peak RSS, and how many distinct keys / late-key values / non-integer floats each
 kept. Goals: ours ≤ 2.5x gzip -dc, ≤ 600 MB, nothing lost.
 
-    .venv/bin/python bench/autopi_ingest.py [--datapoints 1000000] [--keep DIR]
+`ours (s3)` lands the same trip into a lake on an S3-compatible server (moto's, started here
+on 127.0.0.1, reached through the standard AWS_* variables) and is printed beside the local
+figure with the ratio of the two; `--no-s3` leaves it out.
+
+    .venv/bin/python bench/autopi_ingest.py [--datapoints 1000000] [--keep DIR] [--no-s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
 import random
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -113,18 +120,27 @@ def generate(path: Path, n: int) -> dict[str, int]:
 
 
 def run_ours(src: Path, work: Path) -> dict[str, object]:
+    return land_ours(str(work / "lake"), src)
+
+
+def run_ours_s3(src: Path, work: Path) -> dict[str, object]:
+    """The same landing into the object-store lake the parent started (BENCH_S3_LAKE)."""
+    return land_ours(os.environ[S3_LAKE_VAR], src)
+
+
+def land_ours(root: str, src: Path) -> dict[str, object]:
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from pipelines.lake import Lake
     from pipelines.sources.autopi.export import DECLARED, INFLATER
     from pipelines.sources.autopi.landing import land_export
 
+    lake = Lake(root)
     started = time.perf_counter()
-    landed = land_export(Lake(work / "lake"), src, task_id=1, trip_id="bench-trip", sha256="-")
+    landed = land_export(lake, src, task_id=1, trip_id="bench-trip", sha256="-")
     seconds = time.perf_counter() - started
     rss = peak_rss_mb()  # before the checks below read the whole file back
-    table = pq.read_table(landed.datapoints_file.path)
+    table = lake.read_file(landed.datapoints_file.path)
     kept = {k for k in DECLARED if table[k].null_count < len(table)} | {"track.pos.loc"}
     kept -= {"track.pos.loc.lat", "track.pos.loc.lon"}
     kept |= set(landed.stats.undeclared)
@@ -207,6 +223,55 @@ def run_duckdb(src: Path, work: Path) -> dict[str, object]:
 
 
 CONTENDERS = {"ours": run_ours, "naive": run_naive, "duckdb": run_duckdb}
+S3_CONTENDER = "ours (s3)"
+S3_LAKE_VAR = "BENCH_S3_LAKE"
+S3_BUCKET = "autopi-bench"
+
+
+@contextlib.contextmanager
+def s3_server(log: Path) -> Iterator[dict[str, str]]:
+    """moto's S3-compatible server on a free port of 127.0.0.1 with one bucket; yields the
+    variables a child needs to land there (fixed test credentials: moto accepts any)."""
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        env = {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret",
+            "AWS_REGION": "us-east-1",
+            S3_LAKE_VAR: f"s3://{S3_BUCKET}/lake",
+        }
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench-secret",
+            region_name="us-east-1",
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket=S3_BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"moto's server did not start; see {log}") from None
+                time.sleep(0.2)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def peak_rss_mb() -> float:
@@ -215,15 +280,19 @@ def peak_rss_mb() -> float:
 
 
 def child(mode: str, src: Path, work: Path) -> None:
-    print(json.dumps(CONTENDERS[mode](src, work)))
+    run = run_ours_s3 if mode == S3_CONTENDER else CONTENDERS[mode]
+    print(json.dumps(run(src, work)))
 
 
-def measure(mode: str, src: Path, work: Path) -> dict[str, object]:
+def measure(
+    mode: str, src: Path, work: Path, env: dict[str, str] | None = None
+) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(src), str(work)],
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -240,6 +309,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datapoints", type=int, default=1_000_000)
     parser.add_argument("--keep", help="directory to keep (and reuse) the generated export in")
+    parser.add_argument(
+        "--no-s3", action="store_true", help="skip landing to an S3-compatible server"
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -265,6 +337,11 @@ def main() -> None:
             work = Path(tmp) / mode
             work.mkdir()
             results[mode] = measure(mode, work=work, src=src)
+        if not args.no_s3:
+            work = Path(tmp) / "s3"
+            work.mkdir()
+            with s3_server(work / "moto.log") as env:
+                results[S3_CONTENDER] = measure(S3_CONTENDER, work=work, src=src, env=env)
         print(
             f"\n{'':10} {'seconds':>8} {'x gzip':>7} {'peak RSS':>9} {'keys':>9} {'late key':>9} {'floats':>9}  note"
         )
@@ -275,6 +352,13 @@ def main() -> None:
             print(f"{name:10} {r['seconds']:8.2f} {r['seconds'] / floor['seconds']:7.2f} "
                   f"{r['peak_rss_mb']:7.0f}MB {keys:>9} {late:>9} {floats:>9}  {r.get('note', '')}")  # fmt: skip
         ours = results["ours"]
+        if S3_CONTENDER in results:
+            remote = results[S3_CONTENDER]
+            print(
+                f"\nthe same trip landed to the S3-compatible server: {remote['seconds']:.2f} s "
+                f"vs {ours['seconds']:.2f} s to the local lake "
+                f"({remote['seconds'] / ours['seconds']:.2f}x)"
+            )
         ok = (
             ours["seconds"] <= 2.5 * floor["seconds"]
             and ours["peak_rss_mb"] <= 600

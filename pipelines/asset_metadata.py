@@ -13,7 +13,6 @@ from datetime import date
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -60,20 +59,23 @@ ROW_COUNT_MAX_FILES = 10_000
 every footer after each run costs more than the run: such tables leave `dagster/row_count`
 out (their `rows` still say what the run landed)."""
 
+ROW_COUNT_MAX_OBJECTS = 1_000
+"""The same limit on an object store, where each footer is a request over the network."""
+
 
 def table_rows(lake: Lake, source: str, table: str) -> int | None:
     """Rows of every landed file of the table, from the Parquet footers (no data is read);
     None when the table has more than ROW_COUNT_MAX_FILES files."""
     files = lake.files(source, table)
-    if len(files) > ROW_COUNT_MAX_FILES:
+    if len(files) > (ROW_COUNT_MAX_OBJECTS if lake.remote else ROW_COUNT_MAX_FILES):
         return None
-    return sum(pq.read_metadata(path).num_rows for path in files)
+    return sum(lake.read_metadata(file).num_rows for file in files)
 
 
 def landed_metadata(lake: Lake, source: str, table: str) -> dict[str, Any]:
     """A materialization's place and size: the table's folder and all its rows now."""
     metadata: dict[str, Any] = {
-        "dagster/uri": MetadataValue.path(str(lake.table_dir(source, table)))
+        "dagster/uri": MetadataValue.path(lake.table_location(source, table))
     }
     rows = table_rows(lake, source, table)
     if rows is not None:

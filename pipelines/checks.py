@@ -15,11 +15,9 @@ facts build (pipelines/dbt.py) runs the same comparison and warns before it buil
 """
 
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 
 import duckdb
 from dagster import (
@@ -37,7 +35,8 @@ from dagster import (
     asset_check,
 )
 
-from pipelines.lake import PARTITION_KEY, Lake
+from pipelines.facts import open_object_store
+from pipelines.lake import Lake
 from pipelines.resources import LakeResource
 
 LOOKBACK_DAYS = 7
@@ -94,12 +93,10 @@ class LakeTable:
         """The table's rows in the window, or an empty relation of the same shape before the
         first file landed (read_parquet fails on a glob that matches nothing)."""
         selected = [f'cast("{name}" as {kind}) as "{name}"' for name, kind in self.columns.items()]
-        table_dir = lake.table_dir(self.source, self.table)
-        pattern = f"{PARTITION_KEY}=*/*.parquet"
-        if not any(table_dir.glob(pattern)):
+        if lake.newest_day(self.source, self.table) is None:
             nulls = [f'cast(null as {kind}) as "{name}"' for name, kind in self.columns.items()]
             return f"select {', '.join(nulls)}, cast(null as date) as day where false"
-        glob = _sql_string(str(table_dir / pattern))
+        glob = _sql_string(lake.glob(self.source, self.table))
         # A constant filter on the hive key prunes whole day folders before any file is opened.
         return (
             f"select {', '.join(selected)}, cast(day as date) as day "
@@ -622,6 +619,7 @@ def run_check(check: RawCheck, lake: Lake, window: Window) -> Outcome:
     # UTC so the example timestamps read as the lake stores them.
     with duckdb.connect() as con:
         con.execute("set TimeZone = 'UTC'")
+        open_object_store(con, lake.location)  # an s3:// lake: httpfs and its secret
         row = con.execute(query).fetchone()
     assert row is not None  # an aggregate-only select always returns one row
     anomalies, checked, examples = row
@@ -638,7 +636,7 @@ def check_window(
         if days is not None:
             return Window(*days)
     primary = check.tables[0]
-    newest = newest_day(lake.table_dir(primary.source, primary.table))
+    newest = lake.newest_day(primary.source, primary.table)
     if newest is None:
         return None
     return Window(newest - timedelta(days=LOOKBACK_DAYS - 1), newest)
@@ -652,18 +650,6 @@ def run_partition_days(tags: Mapping[str, str]) -> tuple[date, date] | None:
         return (date.fromisoformat(start), date.fromisoformat(end)) if start and end else None
     except ValueError:
         return None
-
-
-def newest_day(table_dir: Path) -> date | None:
-    """Newest `day=` folder holding a Parquet file (a folder listing, no file is opened)."""
-    prefix = f"{PARTITION_KEY}="
-    for folder in sorted(table_dir.glob(f"{prefix}*"), reverse=True):
-        if folder.is_dir() and any(folder.glob("*.parquet")):
-            try:
-                return date.fromisoformat(folder.name.removeprefix(prefix))
-            except ValueError:
-                continue
-    return None
 
 
 def evaluate(check: RawCheck, lake: Lake, window: Window | None) -> AssetCheckResult:
@@ -995,10 +981,6 @@ def _iso_days(values: Iterable[object]) -> set[date]:
 
 
 def _has_files(lake: Lake, table: RawTable, day: date) -> bool:
-    """Whether the day's folder holds a Parquet file (stops at the first; temp files don't
-    count: they never end in `.parquet`)."""
-    try:
-        with os.scandir(lake.partition_dir(table.source, table.table, day)) as entries:
-            return any(e.name.endswith(".parquet") and e.is_file() for e in entries)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
+    """Whether the day's folder holds a Parquet file (temp files don't count: they never end in
+    `.parquet`)."""
+    return lake.has_files(table.source, table.table, day)

@@ -205,7 +205,7 @@ def describe_test(test: Mapping[str, Any], model: str) -> str:
     return f"{test['name']}: a SQL test of {model} (tests/{test['name']}.sql) that returns no rows"
 
 
-def dbt_env(lake_dir: Path, catalog: FactsCatalog) -> dict[str, str]:
+def dbt_env(lake_dir: Path | str, catalog: FactsCatalog) -> dict[str, str]:
     """dbt runs in its project dir: hand it absolute paths so relative settings still work,
     DuckDB a memory limit (FLEET_DUCKDB_MEMORY_LIMIT, else half the machine's RAM), and dbt's
     own log file warnings and errors only (DBT_LOG_LEVEL_FILE, else `warn`): its default debug
@@ -281,7 +281,7 @@ BUILD_LOCK_WAIT_S = 3600.0
 
 
 def build_dbt_assets(
-    lake_dir: Path, catalog: FactsCatalog, partitions: PartitionsDefinition
+    lake_dir: Path | str, catalog: FactsCatalog, partitions: PartitionsDefinition
 ) -> list[AssetsDefinition]:
     """The dbt project as one asset definition: the daily models partitioned like the raw daily
     assets (so a raw day maps to the same fact day), the models without a day (seeds,

@@ -209,7 +209,7 @@ def attach(
     """Attach the catalog as `facts` and make its `main` schema the default."""
     load_extensions(con, catalog.extensions())
     if catalog.remote_data:
-        con.execute(s3_secret_sql())
+        open_object_store(con, catalog.data_path)
     if read_only and catalog.path is not None and not catalog.path.exists():
         raise FactsError(
             f"facts catalog {catalog.describe()} does not exist yet: build the facts first "
@@ -224,21 +224,34 @@ def attach(
     con.execute(f"USE {ALIAS}.main")
 
 
+def open_object_store(con: duckdb.DuckDBPyConnection, *locations: str) -> None:
+    """Let `con` read and write object-store URLs among `locations` (the lake, the facts' data
+    path): httpfs loaded as every other extension is, and an S3 secret from the AWS_*
+    variables. The secret is executed here, from Python, so it never appears in SQL that dbt
+    or a log shows, and it lives only in this connection's memory (a temporary secret)."""
+    if not any(_REMOTE.match(location) for location in locations):
+        return
+    load_extensions(con, ["httpfs"])
+    con.execute(s3_secret_sql())
+
+
 def s3_secret_sql() -> str:
     """A DuckDB secret from the standard AWS_* variables (AWS_ENDPOINT_URL for an
     S3-compatible server), so object-store data needs no settings of its own."""
     from urllib.parse import urlparse
 
     options = ["TYPE s3"]
-    for option, variable in (
-        ("KEY_ID", "AWS_ACCESS_KEY_ID"),
-        ("SECRET", "AWS_SECRET_ACCESS_KEY"),
-        ("SESSION_TOKEN", "AWS_SESSION_TOKEN"),
-        ("REGION", "AWS_REGION"),
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    for option, value in (
+        ("KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID")),
+        ("SECRET", os.environ.get("AWS_SECRET_ACCESS_KEY")),
+        ("SESSION_TOKEN", os.environ.get("AWS_SESSION_TOKEN")),
+        ("REGION", region),
     ):
-        if os.environ.get(variable):
-            options.append(f"{option} '{_quote(os.environ[variable])}'")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if value:
+            options.append(f"{option} '{_quote(value)}'")
+    # As botocore (the lake writer) reads them: the S3-specific endpoint wins.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         options += [

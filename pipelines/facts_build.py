@@ -16,7 +16,6 @@ marker readers open the facts at (dbt_models/macros/facts_build.sql).
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -40,13 +39,13 @@ from dagster import (
 )
 
 from pipelines.checks import DAYS_WRITTEN
+from pipelines.lake import Lake
 
 FACTS_SENSOR = "fleet_facts_after_raw"
 FACTS_JOB = "fleet_facts_build"
 NEIGHBOUR_DAYS = 1
 """A raw day changes the facts of that day and the day either side (macros/fleet_days.sql)."""
 PAGE = 1000
-_DAY_FOLDER = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
@@ -105,17 +104,14 @@ def fact_ranges(
     return ranges
 
 
-def lake_days(lake_dir: Path, tables: Sequence[str]) -> set[date]:
-    """The UTC days any of `tables` (`<source>/<table>`) has a `day=` folder with Parquet in."""
-    days = set()
+def lake_days(lake_dir: Path | str, tables: Sequence[str]) -> set[date]:
+    """The UTC days any of `tables` (`<source>/<table>`) has a `day=` folder with Parquet in;
+    `lake_dir` is a local folder or an object-store URL."""
+    lake = Lake(lake_dir)
+    days: set[date] = set()
     for table in tables:
-        root = lake_dir / table
-        if not root.is_dir():
-            continue
-        for folder in root.iterdir():
-            found = _DAY_FOLDER.match(folder.name)
-            if found and any(folder.glob("*.parquet")):
-                days.add(date.fromisoformat(found.group(1)))
+        source, name = table.split("/", 1)
+        days.update(lake.days(source, name))
     return days
 
 

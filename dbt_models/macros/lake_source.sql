@@ -6,7 +6,9 @@
 
     A window's folders are named one by one: with union_by_name, a `day=*` glob would read the
     schema of every file of the table before any day is pruned. Which of them hold files is
-    asked of the file system (DuckDB's glob) as the model compiles. -#}
+    asked of the file system (DuckDB's glob) as the model compiles. FLEET_LAKE_DIR may be an
+    object-store URL (s3://bucket/prefix): DuckDB's httpfs reads it, with the credentials the
+    dbt plugin (pipelines/facts_plugin.py) gives the connection as a secret, never as SQL. -#}
 {% macro lake_dir() -%}
     {{ return(env_var('FLEET_LAKE_DIR', '../data/lake')) }}
 {%- endmacro %}

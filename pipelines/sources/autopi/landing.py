@@ -39,6 +39,7 @@ from pipelines.lake import (
     PARTITION_KEY,
     QUARANTINE_TABLE,
     Lake,
+    LakeFile,
     ParquetStream,
     WriteResult,
     _fsync_dir,
@@ -260,7 +261,10 @@ def _legacy_quarantine(lake: Lake, trip_id: str, day: date) -> Path:
 
 
 def _remove_legacy_quarantine(lake: Lake, trip_id: str, day: date) -> None:
-    """A re-landed trip's quarantine is in the quarantine table now: drop the old file."""
+    """A re-landed trip's quarantine is in the quarantine table now: drop the old file (only a
+    local lake can hold one: object-store lakes began after the quarantine table)."""
+    if lake.remote:
+        return
     legacy = _legacy_quarantine(lake, trip_id, day)
     try:
         legacy.unlink()
@@ -277,13 +281,14 @@ def migrate_legacy_quarantine(lake: Lake) -> int:
     Each file is removed only once its rows are durable in the table; a file whose trip has a
     quarantine file already (re-landed since) is stale and just removed. Safe to run again.
     """
+    if lake.remote:
+        return 0  # object-store lakes began after the quarantine table: nothing to move
     moved = 0
     table_dir = lake.table_dir(SOURCE, DATAPOINTS)
     for path in sorted(table_dir.glob(f"{PARTITION_KEY}=*/*{LEGACY_QUARANTINE_SUFFIX}")):
         day = date.fromisoformat(path.parent.name.removeprefix(f"{PARTITION_KEY}="))
         trip_id = path.name.removesuffix(LEGACY_QUARANTINE_SUFFIX)
-        current = lake.partition_dir(SOURCE, QUARANTINE_TABLE, day) / f"{trip_id}.parquet"
-        if not current.exists():
+        if not lake.exists(SOURCE, QUARANTINE_TABLE, day, trip_id):
             at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
             rows = [_legacy_row(line, trip_id) for line in path.read_bytes().splitlines()]
             table = quarantine_table([r for r in rows if r], at, extra=QUARANTINE_EXTRA)
@@ -321,7 +326,7 @@ def _legacy_row(line: bytes, trip_id: str) -> dict[str, Any] | None:
         }
 
 
-def ensure_schema_files(lake: Lake) -> list[Path]:
+def ensure_schema_files(lake: Lake) -> list[LakeFile]:
     """dbt's `read_parquet` glob fails on a table without files: give each table a schema-only
     file (0 rows, in `day=1970-01-01`) before any trip has landed. Returns what it wrote."""
     written = []

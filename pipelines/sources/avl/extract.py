@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.lake import Lake, WriteResult, quarantine_table
 from pipelines.sources.avl.client import AvlClient, device_batches, plan_windows
@@ -262,19 +261,18 @@ def show_devices(devices: frozenset[str] | None, limit: int = 5) -> str:
 def read_landed(lake: Lake, day: date) -> DayAnswer | None:
     """What the day's files record (read from the rows for files landed before the record
     existed); None when the day has no readable file, so there is nothing to protect."""
-    directory = lake.partition_dir(SOURCE, TABLE, day)
     rows = 0
     names: set[str] = set()
     devices: set[str] = set()
     every_device, known, found = False, True, False
-    for path in sorted(directory.glob("*.parquet")):
+    for file in lake.files(SOURCE, TABLE, day):
         try:
-            meta = pq.read_metadata(path)
+            meta = lake.read_metadata(file)
             recorded = meta.metadata or {}
             if META_DEVICE_NAMES in recorded:
                 landed = set(json.loads(recorded[META_DEVICE_NAMES]))
             elif meta.num_rows:
-                column = pq.read_table(path, columns=["device_name"]).column(0)
+                column = lake.read_file(file, columns=["device_name"]).column(0)
                 landed = set(pc.unique(column).drop_null().to_pylist())
             else:
                 landed = set()

@@ -151,7 +151,7 @@ def _build_asset() -> AssetsDefinition:
         if result.quarantined:
             context.log.warning(
                 f"{result.quarantined} kt1 items were quarantined instead of landed, in "
-                f"{lake_.table_dir(SOURCE, QUARANTINE)}: {dict(result.quarantine_reasons)}"
+                f"{lake_.table_location(SOURCE, QUARANTINE)}: {dict(result.quarantine_reasons)}"
             )
         if result.acks_expired or result.acks_failed:
             context.log.warning(
@@ -203,7 +203,7 @@ def _quarantine_check(
         metadata={
             "quarantined_rows": quarantined,
             "quarantined_unplaced": unplaced,
-            "quarantine_dir": MetadataValue.path(str(lake.table_dir(SOURCE, QUARANTINE))),
+            "quarantine_dir": MetadataValue.path(lake.table_location(SOURCE, QUARANTINE)),
         },
     )
 

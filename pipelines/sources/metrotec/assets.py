@@ -12,7 +12,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster import (
     AssetCheckKey,
     AssetCheckResult,
@@ -134,7 +133,7 @@ def _quarantine_check(
         description=f"{quarantined} row(s) quarantined in {shown}",
         metadata={
             "quarantined_rows": quarantined,
-            "quarantine_dir": MetadataValue.path(str(lake.table_dir(SOURCE, QUARANTINE_TABLE))),
+            "quarantine_dir": MetadataValue.path(lake.table_location(SOURCE, QUARANTINE_TABLE)),
         },
     )
 
@@ -163,21 +162,16 @@ def _client(metrotec: MetrotecResource, key: AssetKey) -> MetrotecClient:
 
 def latest_vehicle_snapshot(lake: Lake) -> tuple[date, list[str]]:
     """Vehicle ids of the newest `raw/metrotec/vehicles` day in the lake."""
-    folders = sorted(
-        p
-        for p in lake.table_dir(SOURCE, "vehicles").glob("day=*")
-        if p.is_dir() and any(p.glob("*.parquet"))
-    )
-    if not folders:
+    latest = lake.newest_day(SOURCE, "vehicles")
+    if latest is None:
         raise NoVehicleSnapshot(
             "no raw/metrotec/vehicles snapshot in the lake: materialize raw/metrotec/vehicles "
             "first (the metrotec_refresh job does both)"
         )
-    latest = folders[-1]
     ids: set[str] = set()
-    for path in sorted(latest.glob("*.parquet")):
-        ids.update(v for v in pq.read_table(path, columns=["id"])["id"].to_pylist() if v)
-    return date.fromisoformat(latest.name.removeprefix("day=")), sorted(ids)
+    for file in lake.files(SOURCE, "vehicles", latest):
+        ids.update(v for v in lake.read_file(file, columns=["id"])["id"].to_pylist() if v)
+    return latest, sorted(ids)
 
 
 def partition_days(context: AssetExecutionContext) -> list[date]:
@@ -251,7 +245,7 @@ def _build_vehicles_asset() -> AssetsDefinition:
         if typed.quarantined:
             context.log.warning(
                 f"{len(typed.quarantined)} vehicle rows quarantined (no id) in "
-                f"{lake_.partition_dir(SOURCE, QUARANTINE_TABLE, snapshot_day)}"
+                f"{lake_.partition_location(SOURCE, QUARANTINE_TABLE, snapshot_day)}"
             )
         written = lake_.replace_partition(SOURCE, "vehicles", snapshot_day, typed.table)
         context.log.info(f"{written.rows} Metrotec vehicles, snapshot day {snapshot_day}")
@@ -368,7 +362,7 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
             if bad:
                 context.log.warning(
                     f"{sum(bad.values())} {table} rows quarantined instead of landed, in "
-                    f"{lake_.table_dir(SOURCE, QUARANTINE_TABLE)}/day=D/{table}.parquet for "
+                    f"{lake_.table_location(SOURCE, QUARANTINE_TABLE)}/day=D/{table}.parquet for "
                     f"D in {', '.join(str(d) for d in sorted(bad))}"
                 )
 
