@@ -5,6 +5,12 @@ scales by 60). Prints requests made vs the minimum (Σ over 31-day windows of �
 429s received, and wall time vs the theoretical minimum (⌊(R-1)/N⌋·W for R requests).
 
     .venv/bin/python bench/avl_backfill.py [--vehicles 50] [--days 365]
+    .venv/bin/python bench/avl_backfill.py --processes 3   # three runs sharing a Postgres limiter
+
+With `--processes K` the backfill is split into K partition ranges run as K concurrent Dagster
+runs in separate processes, their limiter in a real Postgres server (FLEET_STATE_URL), each
+with its own connection as on separate machines: requests vs the minimum, 429s, and the
+request phase vs the theoretical time of all their requests at the one shared rate.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def run_ours(world: World, days: list[date], clock) -> dict:
         FLEET_LAKE_DIR=str(tmp / "lake"),
         FLEET_FACTS_CATALOG=f"sqlite:{tmp / 'fleet_catalog.sqlite'}",
         FLEET_FACTS_DATA_PATH=str(tmp / "facts"),
-        FLEET_RATELIMIT_DB=str(tmp / "ratelimits.sqlite3"),
+        FLEET_STATE_URL=f"sqlite:///{tmp / 'state.sqlite3'}",
         FLEET_START_DATE=days[0].isoformat(),
         AVL_RATE_LIMIT=f"{RATE[0]}/{RATE[1]:g}",
     )
@@ -153,11 +159,93 @@ def run_naive(world: World, days: list[date], clock, honour_retry_after: bool) -
     }
 
 
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from dagster import AssetKey, DagsterInstance, materialize
+from pipelines.definitions import build_defs
+first, last, out, go = sys.argv[1:5]
+defs = build_defs()
+instance = DagsterInstance.ephemeral()
+Path(out + ".ready").touch()
+while not Path(go).exists():
+    time.sleep(0.005)
+result = materialize(
+    list(defs.assets), resources=defs.resources, selection=[AssetKey(["raw", "avl", "trips"])],
+    tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}}, instance=instance,
+)
+assert result.success
+Path(out).write_text(json.dumps({"done_at": time.time()}))
+"""
+
+
+def run_shared(world: World, days: list[date], clock, processes: int) -> dict:
+    """`processes` concurrent runs, one partition range each, sharing a Postgres limiter."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.servers import start_postgres
+
+    server = AvlServer(world, rate_limit=RATE, clock=clock).start()
+    tmp = Path(tempfile.mkdtemp(prefix="avl-bench-shared-"))
+    chunks = [list(c) for c in _split(days, processes)]
+    with start_postgres() as pg:
+        env = {
+            **os.environ,
+            **avl_env(server),
+            "FLEET_LAKE_DIR": str(tmp / "lake"),
+            "FLEET_STATE_URL": pg.url(pg.create_database("bench_state")),
+            "FLEET_START_DATE": days[0].isoformat(),
+            "AVL_RATE_LIMIT": f"{RATE[0]}/{RATE[1]:g}",
+        }
+        minimum = sum(minimum_requests(server, chunk) for chunk in chunks)
+        server.reset_log()
+        go = tmp / "go"
+        outs = [tmp / f"run{i}.json" for i in range(processes)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CHILD, c[0].isoformat(), c[-1].isoformat(), str(o), str(go)],
+                env=env,
+            )
+            for c, o in zip(chunks, outs, strict=True)
+        ]
+        while not all(Path(f"{o}.ready").exists() for o in outs):
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit("a backfill process died before it started")
+            time.sleep(0.05)
+        started = time.monotonic()
+        go.touch()
+        codes = [p.wait() for p in procs]
+        wall = time.monotonic() - started
+    log = server.requests(PATH)
+    server.stop()
+    if any(codes):
+        raise SystemExit(f"backfill processes failed: exit codes {codes}")
+    return {
+        "name": f"fleet-pipelines, {processes} processes (Postgres limiter)",
+        "requests": len(log),
+        "minimum": minimum,
+        "http_429": sum(r.status == 429 for r in log),
+        "wall_s": wall,
+        "request_phase_s": log[-1].at - log[0].at if log else 0.0,
+    }
+
+
+def _split(days: list[date], parts: int) -> list[list[date]]:
+    size = -(-len(days) // parts)
+    return [days[i : i + size] for i in range(0, len(days), size)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vehicles", type=int, default=50)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--only-ours", action="store_true", help="skip the naive baselines")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="also run K concurrent runs on a Postgres limiter"
+    )
     args = parser.parse_args()
     last = date(2026, 10, 31)
     days = [last - timedelta(days=i) for i in range(args.days - 1, -1, -1)]
@@ -170,6 +258,9 @@ def main() -> None:
         f"(generated in {time.monotonic() - t0:.1f}s); simulator and client at {RATE[0]}/{RATE[1]:g}s"
     )
     results = [run_ours(world, days, lambda: now)]
+    if args.processes:
+        results.append(run_shared(world, days, lambda: now, args.processes))
+        args.only_ours = True
     if not args.only_ours:
         results.append(run_naive(world, days, lambda: now, honour_retry_after=True))
         results.append(run_naive(world, days, lambda: now, honour_retry_after=False))

@@ -41,7 +41,7 @@ def run(server: MetrotecServer, days: list[date], rate: str, label: str) -> dict
         FLEET_LAKE_DIR=str(tmp / "lake"),
         FLEET_FACTS_CATALOG=f"sqlite:{tmp / 'fleet_catalog.sqlite'}",
         FLEET_FACTS_DATA_PATH=str(tmp / "facts"),
-        FLEET_RATELIMIT_DB=str(tmp / "ratelimits.sqlite3"),
+        FLEET_STATE_URL=f"sqlite:///{tmp / 'state.sqlite3'}",
         FLEET_START_DATE=days[0].isoformat(),
         METROTEC_RATE_LIMIT=rate,
     )

@@ -583,7 +583,7 @@ def build_reference_facts(data_dir: Path) -> FactsCatalog:
             "FLEET_LAKE_DIR": str(data_dir / "lake"),
             "FLEET_FACTS_CATALOG": catalog.catalog,
             "FLEET_FACTS_DATA_PATH": catalog.data_path,
-            "FLEET_RATELIMIT_DB": str(data_dir / "ratelimits.sqlite3"),
+            "FLEET_STATE_URL": f"sqlite:///{data_dir / 'state.sqlite3'}",
             "FLEET_START_DATE": world.start_day.isoformat(),
             "METROTEC_RATE_LIMIT": "20/1",
             "KT1_DRAIN_SECONDS": "60",

@@ -7,19 +7,28 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.facts import FactsCatalog, load_extensions
+from pipelines.facts import FactsCatalog, load_extensions, open_object_store
 
 
-def _attach(con: duckdb.DuckDBPyConnection, catalog_path: Path, alias: str) -> None:
-    catalog = FactsCatalog.of(
-        catalog=f"sqlite:{catalog_path}", data_path=str(catalog_path.parent / "facts")
+def _attach(con: duckdb.DuckDBPyConnection, where: Path | FactsCatalog, alias: str) -> None:
+    """Attach a catalog: a SQLite catalog file (its data beside it) or any `FactsCatalog`."""
+    catalog = (
+        where
+        if isinstance(where, FactsCatalog)
+        else FactsCatalog.of(catalog=f"sqlite:{where}", data_path=str(where.parent / "facts"))
     )
     load_extensions(con, catalog.extensions())
+    open_object_store(con, catalog.data_path)  # data files on S3: httpfs and the AWS_* secret
     attach = catalog.attach_sql(read_only=True).replace(" AS facts ", f" AS {alias} ")
     con.execute(attach.replace("ATTACH IF NOT EXISTS", "ATTACH"))
 
 
-def differences(left: Path, right: Path, models: list[str] | None = None) -> dict[str, tuple]:
+def differences(
+    left: Path | FactsCatalog,
+    right: Path | FactsCatalog,
+    models: list[str] | None = None,
+    ignore: frozenset[str] = frozenset(),
+) -> dict[str, tuple]:
     """Per model of `left` (or of `models`): (rows only in left, rows only in right), for the
     models whose rows differ (compared by column name, as multisets)."""
     con = duckdb.connect()
@@ -43,6 +52,7 @@ def differences(left: Path, right: Path, models: list[str] | None = None) -> dic
                     " = 'a' and table_schema = 'main' and table_name = ? order by 1",
                     [name],
                 ).fetchall()
+                if r[0] not in ignore
             ]
             cols = ", ".join(f'"{c}"' for c in columns)
             only_left = con.execute(
@@ -56,5 +66,15 @@ def differences(left: Path, right: Path, models: list[str] | None = None) -> dic
             if only_left or only_right:
                 found[name] = (only_left, only_right)
         return found
+    finally:
+        con.close()
+
+
+def row_counts(where: Path | FactsCatalog, models: list[str]) -> dict[str, int]:
+    """Rows of each model of one catalog."""
+    con = duckdb.connect()
+    try:
+        _attach(con, where, "a")
+        return {m: con.execute(f"select count(*) from a.main.{m}").fetchone()[0] for m in models}
     finally:
         con.close()

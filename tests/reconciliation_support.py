@@ -103,8 +103,20 @@ class Build:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def build_everything(world: World, tmp: Path, mp: pytest.MonkeyPatch) -> Build:
-    """Land all four sources through real Dagster runs, then `dbt build` the facts."""
+Runner = Callable[..., Any]
+"""How a step runs: `dagster.materialize`'s signature and result (the default runs in process;
+a test of workers passes one that launches the run on its instance)."""
+
+
+def build_everything(
+    world: World,
+    tmp: Path,
+    mp: pytest.MonkeyPatch,
+    env: dict[str, str] | None = None,
+    run: Runner = materialize,
+) -> Build:
+    """Land all four sources through real Dagster runs, then `dbt build` the facts. `env`
+    overrides the local defaults (e.g. an object-store lake, Postgres state and catalog)."""
     build = Build(tmp / "fleet_catalog.sqlite")
     first = world.start_day.isoformat()
     with simulators(world) as sims:
@@ -116,10 +128,11 @@ def build_everything(world: World, tmp: Path, mp: pytest.MonkeyPatch) -> Build:
             **sims.env(),
             "FLEET_LAKE_DIR": str(tmp / "lake"),
             **facts_env(build.catalog_path),
-            "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
+            "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
             "FLEET_START_DATE": first,
             "METROTEC_RATE_LIMIT": "20/1",  # the demo's pace
             "KT1_DRAIN_SECONDS": "60",
+            **(env or {}),
         }.items():
             mp.setenv(key, value)
         from pipelines.definitions import build_defs
@@ -139,7 +152,7 @@ def build_everything(world: World, tmp: Path, mp: pytest.MonkeyPatch) -> Build:
             started = time.monotonic()
             log = io.StringIO()  # dbt's and Dagster's chatter; shown only when a step fails
             with contextlib.redirect_stdout(log):
-                result = materialize(
+                result = run(
                     list(defs.assets),
                     resources=defs.resources,
                     selection=selection,

@@ -57,7 +57,7 @@ def built_env(tmp_path_factory, world: World) -> Path:
             **env(server),
             "FLEET_LAKE_DIR": str(tmp / "lake"),
             **facts_env(tmp / "fleet_catalog.sqlite"),
-            "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
+            "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
             "FLEET_START_DATE": "2026-03-01",
         }.items():
             mp.setenv(key, value)

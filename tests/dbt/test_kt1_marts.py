@@ -38,7 +38,7 @@ def built_env(tmp_path_factory, kt1_world: World):
         mp.setenv("FLEET_LAKE_DIR", str(tmp / "lake"))
         for key, value in facts_env(tmp / "fleet_catalog.sqlite").items():
             mp.setenv(key, value)
-        mp.setenv("FLEET_RATELIMIT_DB", str(tmp / "ratelimits.sqlite3"))
+        mp.setenv("FLEET_STATE_URL", f"sqlite:///{tmp / 'state.sqlite3'}")
         mp.setenv("FLEET_START_DATE", "2026-03-01")
         avl = AvlServer(kt1_world, rate_limit=(10, 1.0), clock=lambda: NOW).start()
         servers = [start_server(kt1_world, now=NOW, batch_size=100) for _ in range(2)]

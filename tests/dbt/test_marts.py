@@ -35,7 +35,7 @@ def built_env(tmp_path_factory, avl_sim: AvlServer):
             **env(avl_sim),
             "FLEET_LAKE_DIR": str(tmp / "lake"),
             **facts_env(tmp / "fleet_catalog.sqlite"),
-            "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
+            "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
             "FLEET_START_DATE": "2025-12-01",
         }.items():
             mp.setenv(key, value)

@@ -259,7 +259,7 @@ def paths_env(folder: Path, root: Path) -> dict[str, str]:
     return {
         "FLEET_LAKE_DIR": str(folder / "lake"),
         **facts_env(folder / "fleet_catalog.sqlite"),
-        "FLEET_RATELIMIT_DB": str(root / "ratelimits.sqlite3"),
+        "FLEET_STATE_URL": f"sqlite:///{root / 'state.sqlite3'}",
         "FLEET_START_DATE": "2025-12-01",
     }
 

@@ -80,7 +80,7 @@ def crashed(tmp_path_factory):
         mp.setenv("FLEET_LAKE_DIR", str(tmp / "lake"))
         for key, value in facts_env(tmp / "fleet_catalog.sqlite").items():
             mp.setenv(key, value)
-        mp.setenv("FLEET_RATELIMIT_DB", str(tmp / "ratelimits.sqlite3"))
+        mp.setenv("FLEET_STATE_URL", f"sqlite:///{tmp / 'state.sqlite3'}")
         try:
             for n, stage in enumerate(STAGES):
                 world = small_world(seed=40 + n)

@@ -104,7 +104,7 @@ def witnessed(world, tmp_path_factory) -> Iterator[Witnessed]:
         mp.setenv("FLEET_LAKE_DIR", str(tmp / "lake"))
         for key, value in facts_env(tmp / "fleet_catalog.sqlite").items():
             mp.setenv(key, value)
-        mp.setenv("FLEET_RATELIMIT_DB", str(tmp / "ratelimits.sqlite3"))
+        mp.setenv("FLEET_STATE_URL", f"sqlite:///{tmp / 'state.sqlite3'}")
         # Redelivery is not what this drain is about: a batch held past 1.5 s on a loaded
         # machine came back and was counted twice (deliveries > acks). Redelivery has its own
         # tests below.

@@ -89,7 +89,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
             "METROTEC_RATE_LIMIT": "1000/1",
             "FLEET_LAKE_DIR": str(tmp / "lake"),
             **facts_env(tmp / "fleet_catalog.sqlite"),
-            "FLEET_RATELIMIT_DB": str(tmp / "ratelimits.sqlite3"),
+            "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
             "FLEET_START_DATE": FIRST.isoformat(),
             "FLEET_REPORT_DIR": str(tmp / "reports"),
         }.items():

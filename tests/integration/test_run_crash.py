@@ -135,7 +135,7 @@ def home(tmp_path: Path, sims: Simulators) -> Iterator[tuple[dict[str, str], Dag
         DAGSTER_HOME=str(dagster_home),
         FLEET_LAKE_DIR=str(tmp_path / "lake"),
         **facts_env(tmp_path / "fleet_catalog.sqlite"),
-        FLEET_RATELIMIT_DB=str(tmp_path / "ratelimits.sqlite3"),
+        FLEET_STATE_URL=f"sqlite:///{tmp_path / 'state.sqlite3'}",
         FLEET_START_DATE="2025-12-01",
         AVL_RATE_LIMIT="2/2",
         METROTEC_RATE_LIMIT="2/1",  # slow enough to be killed mid-way
