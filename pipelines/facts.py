@@ -335,14 +335,14 @@ def connect(
 
 def dbt_env(catalog: FactsCatalog) -> dict[str, str]:
     """What the dbt profile reads to attach the catalog (absolute, so dbt's working folder does
-    not matter). A SQLite catalog takes one writer: one dbt thread."""
+    not matter). One dbt thread by default: a SQLite catalog takes one writer, and on a
+    Postgres catalog two threads' DuckLake commits failed one build in two ("Failed to get
+    path for schema ... not found in metadata catalog", DuckLake 1.5.5)."""
     if catalog.path is not None:
         catalog.path.parent.mkdir(parents=True, exist_ok=True)
     if not catalog.remote_data:
         Path(catalog.data_path).mkdir(parents=True, exist_ok=True)
-    threads = os.environ.get("FLEET_FACTS_DBT_THREADS") or (
-        "1" if catalog.kind != "postgres" else "2"
-    )
+    threads = os.environ.get("FLEET_FACTS_DBT_THREADS") or "1"
     return {
         "FLEET_FACTS_CATALOG": catalog.catalog,
         "FLEET_FACTS_DATA_PATH": catalog.data_path,
