@@ -301,6 +301,34 @@ def _pg_os_user() -> str | None:
     )
 
 
+def _reachable(bin_dir: Path, os_user: str | None, base: Path) -> Path:
+    """`bin_dir`, or a copy of its installation in `base` when the server's OS user cannot run
+    it (the wheel's binaries inside a venv under a folder private to root, e.g. a `mktemp -d`
+    clone): the install is relocatable and about 40 MB."""
+    if not os_user:
+        return bin_dir
+    try:
+        subprocess.run(
+            [str(bin_dir / "postgres"), "--version"],
+            capture_output=True,
+            user=os_user,
+            group=pwd.getpwnam(os_user).pw_gid,
+            extra_groups=[],
+            check=True,
+        )
+        return bin_dir
+    except (PermissionError, subprocess.CalledProcessError):
+        # The binaries find their libraries relative to themselves (the wheel's RPATH is
+        # $ORIGIN/../../../pgserver.libs): copy the install and those libraries alike.
+        install = bin_dir.parent
+        copy = base / "wheel" / install.parent.name / install.name
+        shutil.copytree(install, copy, symlinks=True)
+        libs = install.parent.parent / f"{install.parent.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, base / "wheel" / libs.name, symlinks=True)
+        return copy / "bin"
+
+
 @contextlib.contextmanager
 def start_postgres(bin_dir: Path | None = None) -> Iterator[PostgresServer]:
     """A fresh cluster (initdb) in a temporary directory, stopped and deleted on exit."""
@@ -318,6 +346,7 @@ def start_postgres(bin_dir: Path | None = None) -> Iterator[PostgresServer]:
             os.chown(base, entry.pw_uid, entry.pw_gid)
         data = base / "data"
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+        bin_dir = _reachable(bin_dir, os_user, base)
         init = subprocess.run(
             [
                 str(bin_dir / "initdb"),
