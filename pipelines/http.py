@@ -1,25 +1,21 @@
-"""The one HTTP stack of every vendor client: session, retry policy, and a sliding-window
-rate limiter shared by every process on every machine (a ledger of request slots in the
-shared state database).
+"""The one HTTP client base of every vendor client: a keep-alive session, timeouts, retries
+under the policy of pipelines.retry, a slot of the shared limiter (pipelines.ratelimit) per
+attempt, request stats, and resumable downloads.
 
 A hung or failing vendor must fail a run in minutes, visibly: timeouts and a time budget bound
 the retries of each request, every retry is a WARNING line, and the final error says how many
 attempts were made over how long. Errors and logs name paths only (no query strings, headers,
-bodies or tokens), and a vendor's HTML error page is summarised by its title, never quoted.
+bodies or tokens), and a vendor's HTML error page is summarised (pipelines.error_bodies), never
+quoted.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import math
-import random
-import re
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,8 +23,9 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from pipelines import __version__
-from pipelines.state import StateStore
-from pipelines.state import shared as shared_state
+from pipelines.error_bodies import ErrorParser, parse_json_error
+from pipelines.ratelimit import SlidingWindowLimiter, Slot
+from pipelines.retry import RETRYABLE_STATUSES, TRANSIENT_ERRORS, RetryPolicy
 
 # Under "dagster.builtin", the namespace Dagster's get_dagster_logger uses: inside a run each
 # retry line lands in the run's own logs (the UI's), outside one it is a plain Python logger.
@@ -39,18 +36,6 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 30.0
 """Long enough for any answer but a long poll (whose caller passes its own), short enough that
 a hung API costs a few attempts of it, not minutes each."""
-DEFAULT_MAX_ATTEMPTS = 6
-DEFAULT_RETRY_BUDGET_S = 150.0
-"""Attempts plus back-off waits of one request; with the default read timeout a hung API
-fails in under 3 minutes (the last attempt may start just inside the budget)."""
-ERROR_SUMMARY_CHARS = 120
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-TRANSIENT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
 
 
 class VendorAPIError(RuntimeError):
@@ -98,179 +83,6 @@ def _seconds(value: float) -> str:
     return f"{value:.1f}s" if value < 10 else f"{value:.0f}s"
 
 
-# --- rate limiting ------------------------------------------------------------------------
-
-_SLOTS_DDL = """
-CREATE TABLE IF NOT EXISTS rate_slots (
-    id {id},
-    key TEXT NOT NULL,
-    reserved_at {real} NOT NULL,
-    released_at {real}
-);
-CREATE INDEX IF NOT EXISTS rate_slots_key ON rate_slots(key, released_at)
-"""
-
-
-@dataclass
-class Slot:
-    """One reserved request slot; released when the response is in hand."""
-
-    limiter: SlidingWindowLimiter | None
-    slot_id: int | None
-    waited_s: float
-
-
-class SlidingWindowLimiter:
-    """At most `max_requests` in any window of `window_s`, across threads, processes and
-    machines sharing one state database (`FLEET_STATE_URL`, see pipelines.state).
-
-    Each request holds a row in the ledger keyed by `key`. A slot counts from when it is
-    reserved and, once released, until `window_s` after the *response* arrived: the server saw
-    the request no later than that, so spacing releases by a full window can never let N+1
-    requests land in one server-side window, whatever the latency. Times come from the
-    database's clock, so machines with skewed clocks still agree. Slots of a process that died
-    mid-request stop counting after `stale_after_s`.
-    """
-
-    def __init__(
-        self,
-        key: str,
-        max_requests: int,
-        window_s: float,
-        state: StateStore | Path | str,
-        *,
-        margin_s: float = 0.01,
-        stale_after_s: float = 300.0,
-    ) -> None:
-        self.key = key
-        self.max_requests = max_requests
-        self.window_s = window_s
-        self.margin_s = margin_s
-        self.stale_after_s = stale_after_s
-        if isinstance(state, Path):
-            state = f"sqlite:///{state}"
-        self._store = shared_state(state) if isinstance(state, str) else state
-        self._store.ensure_schema("ratelimit", _SLOTS_DDL)
-
-    def _try_reserve(self) -> tuple[int | None, float]:
-        """Reserve a slot now, or say how long to wait before trying again."""
-        with self._store.transaction(f"ratelimit:{self.key}") as db:
-            now = db.now()
-            horizon = now - self.window_s - self.margin_s
-            stale = now - self.stale_after_s
-            db.execute(
-                "DELETE FROM rate_slots WHERE key = ? AND ("
-                " (released_at IS NOT NULL AND released_at < ?)"
-                " OR (released_at IS NULL AND reserved_at < ?))",
-                (self.key, horizon, stale - self.window_s),
-            )
-            rows = db.execute(
-                "SELECT reserved_at, released_at FROM rate_slots WHERE key = ? AND ("
-                " released_at >= ? OR released_at IS NULL)",
-                (self.key, horizon),
-            ).fetchall()
-            ends = []  # when each counted slot stops counting
-            in_flight = 0
-            for reserved_at, released_at in rows:
-                if released_at is not None:
-                    ends.append(released_at + self.window_s + self.margin_s)
-                elif reserved_at >= stale:
-                    in_flight += 1
-                else:  # its process died mid-request: count it as released when it went stale
-                    ends.append(reserved_at + self.stale_after_s + self.window_s)
-            ends = [e for e in ends if e > now]
-            if len(ends) + in_flight < self.max_requests:
-                slot_id = db.insert_id(
-                    "INSERT INTO rate_slots (key, reserved_at) VALUES (?, ?)", (self.key, now)
-                )
-                return slot_id, 0.0
-        ends.sort()
-        must_expire = len(ends) + in_flight - self.max_requests  # 0-based index into ends
-        if must_expire < len(ends):
-            return None, max(ends[must_expire] - now, 0.001)
-        return None, 0.02  # every slot is in flight: poll until one is released
-
-    def acquire(self) -> Slot:
-        waited = 0.0
-        while True:
-            slot_id, wait = self._try_reserve()
-            if slot_id is not None:
-                return Slot(self, slot_id, waited)
-            # Re-check at least once a second: another process may release early.
-            pause = min(wait, 1.0)
-            time.sleep(pause)
-            waited += pause
-
-    def release(self, slot: Slot) -> None:
-        with self._store.transaction(f"ratelimit:{self.key}") as db:
-            now = db.now()
-            db.execute("UPDATE rate_slots SET released_at = ? WHERE id = ?", (now, slot.slot_id))
-
-    @contextmanager
-    def slot(self) -> Iterator[Slot]:
-        s = self.acquire()
-        try:
-            yield s
-        finally:
-            self.release(s)
-
-    def close(self) -> None:
-        """Nothing to close: the state connection is the process's, shared by every limiter."""
-
-
-# --- retries -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """429 honours Retry-After; 5xx and broken connections back off exponentially with jitter.
-
-    Retrying stops after `max_attempts`, or sooner when the next wait would take one request
-    past `budget_s` (its attempts plus the waits between them; time queued on the rate limiter
-    does not count, since that is our own pacing, not the vendor failing).
-    """
-
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    backoff_base_s: float = 0.5
-    backoff_cap_s: float = 30.0
-    retry_after_cap_s: float = 300.0
-    budget_s: float = DEFAULT_RETRY_BUDGET_S
-
-    @classmethod
-    def bounded(cls, max_attempts: int | None = None, budget_s: float | None = None) -> RetryPolicy:
-        """The default policy with an operator's bounds; None keeps a default.
-
-        Raises ValueError (one line) for bounds that would never send a request or never stop.
-        """
-        attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
-        budget = DEFAULT_RETRY_BUDGET_S if budget_s is None else budget_s
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"max_attempts must be a whole number >= 1, got {max_attempts!r}")
-        if isinstance(budget, bool) or not (
-            isinstance(budget, int | float) and math.isfinite(budget) and budget > 0
-        ):
-            raise ValueError(f"budget_s must be a positive number of seconds, got {budget_s!r}")
-        return cls(max_attempts=attempts, budget_s=float(budget))
-
-    def backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [base, min(cap, base * 2**attempt)]."""
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2**attempt)
-        return random.uniform(min(self.backoff_base_s, ceiling), ceiling)
-
-    def retry_after(self, response: requests.Response, attempt: int) -> float:
-        value = response.headers.get("Retry-After")
-        if value:
-            try:
-                seconds = float(value)
-            except ValueError:
-                try:
-                    seconds = parsedate_to_datetime(value).timestamp() - time.time()
-                except (TypeError, ValueError):
-                    seconds = self.backoff(attempt)
-            return min(max(seconds, 0.0), self.retry_after_cap_s)
-        return self.backoff(attempt)
-
-
 @dataclass
 class RequestStats:
     """What every raw materialization reports about its API traffic (docs/operations.md)."""
@@ -309,67 +121,6 @@ def make_session(
     if headers:
         session.headers.update(headers)
     return session
-
-
-ErrorParser = Callable[[requests.Response], tuple[str, str]]
-
-_TITLE = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
-_HEADING = re.compile(r"<(h[1-6])\b[^>]*>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
-_HTML_MARK = re.compile(r"<(?:!doctype\s+html|html|head|body|title|h[1-6])\b", re.IGNORECASE)
-_HIDDEN = re.compile(
-    r"<!--.*?-->|<(script|style|head)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL
-)
-_TAG = re.compile(r"<[^>]*>")
-
-
-def _plain(text: str, limit: int = ERROR_SUMMARY_CHARS) -> str:
-    """Markup-free, whitespace-collapsed, at most `limit` characters."""
-    text = _TAG.sub(" ", html.unescape(_TAG.sub(" ", text)))
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
-def summarize_error_body(response: requests.Response) -> str:
-    """A non-JSON error body as one short line, never the body itself.
-
-    An HTML page (a proxy's 502, a login wall) is named by its `<title>`, else its first
-    heading, else the start of its visible text; any other text by its first non-empty line.
-    """
-    text = (response.text or "")[:65536]
-    content_type = response.headers.get("Content-Type", "").lower()
-    if "html" in content_type or _HTML_MARK.search(text[:4096]):
-        title = _TITLE.search(text)
-        if title and (found := _plain(title.group(1))):
-            return found
-        heading = _HEADING.search(text)
-        if heading and (found := _plain(heading.group(2))):
-            return found
-        return _plain(_HIDDEN.sub(" ", text)) or "an HTML error page"
-    for line in text.splitlines():
-        if found := _plain(line):
-            return found
-    return ""
-
-
-def parse_json_error(response: requests.Response) -> tuple[str, str]:
-    """(code, message) from the vendors' JSON error shapes, never the raw body.
-
-    `{"error": {"code", "message"}}` (AVL), `{"detail", "code"}` (AutoPi, DRF),
-    `{"statusCode", "error", "message"}` (kt1), `{"error", "message"}` (Metrotec). A body
-    that is not JSON (a proxy's HTML page) is summarised by `summarize_error_body`.
-    """
-    try:
-        body = response.json()
-    except ValueError:
-        return response.reason or "", summarize_error_body(response)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict):
-            code = err.get("code") or err.get("error") or response.reason or ""
-            message = err.get("message") or err.get("detail") or err.get("msg") or ""
-            return str(code), str(message)[:200]
-        return str(err), str(body.get("message") or body.get("detail") or "")[:200]
-    return response.reason or "", str(body)[:200]
 
 
 Timeout = float | tuple[float, float]

@@ -1,17 +1,9 @@
 """The one lake writer: atomic, idempotent Parquet files in `<source>/<table>/day=YYYY-MM-DD/`.
 
 The root is a local folder or an object-store URL (`s3://bucket/prefix`). Readers glob
-`day=*/*.parquet`, so a file is only ever visible complete.
-
-On a local disk a file is written to a dot-named temp file in the same directory (never
-matching `*.parquet`), fsynced, renamed over the final name, and the directory fsynced. A killed
-writer therefore leaves at most a temp file, which later writes to that partition sweep up once
-it is clearly abandoned.
-
-An object store has no rename: the file is spooled to a local temp file and then stored with
-one upload to its final key (a single PUT; past 100 MiB a multipart upload, which the store only
-makes visible when it is completed, and which a failure aborts). A reader sees the old object or
-the new one, never part of one; a killed writer leaves nothing on the store.
+`day=*/*.parquet`, so a file is only ever visible complete. This module knows the layout
+(sources, tables, days, file names) and what a write means for a partition; how one file is made
+durable is pipelines.atomic_files', and how it reaches an object store pipelines.object_store's.
 """
 
 from __future__ import annotations
@@ -19,26 +11,26 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
-import tempfile
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from fsspec import AbstractFileSystem
+from pipelines.atomic_files import (
+    LakeFile,
+    ParquetStream,
+    WriteResult,
+    make_dirs_durably,
+    remove_files,
+    remove_stale_temps,
+)
+from pipelines.object_store import LakeError, ObjectStore, is_object_store
 
 PARTITION_KEY = "day"
 """Hive key of every partition folder; files never carry it (the folder would shadow it)."""
-
-COMPRESSION = "zstd"
 
 QUARANTINE_TABLE = "quarantine"
 """Every source keeps input it could not land as `<source>/quarantine/day=D/<unit>.parquet`:
@@ -57,46 +49,8 @@ QUARANTINE_SCHEMA = pa.schema(
 """The columns every quarantine file starts with; a source may add its own context after them
 (kt1's batch id and item index, Metrotec's vehicle id, AutoPi's line number)."""
 
-STALE_TEMP_SECONDS = 3600.0
-"""A temp file untouched this long is abandoned: a live writer keeps touching its file."""
-
-_TEMP_SUFFIX = ".tmp"
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]+)\.tmp$")
-
-_SPOOL_PREFIX = "fleet-lake-spool"
-
-PART_SIZE = 50 * 2**20
-"""Part size of a multipart upload (s3fs's default): files under two parts go in one PUT."""
-
-MAX_PARTS = 10_000
-"""S3's most parts in one multipart upload."""
-
-OBJECT_STORE = re.compile(r"^(s3|s3a|gs|gcs|az|abfs|abfss)://", re.IGNORECASE)
-"""Roots the lake reaches through fsspec (s3fs; gcsfs and adlfs when installed)."""
-
 _FILE = re.compile(r"^[^/]+\.parquet$")
 _DAY_FILE = re.compile(rf"^{PARTITION_KEY}=(?P<day>[^/]+)/(?P<name>[^/]+)\.parquet$")
-
-LakeFile = Path | str
-"""One final file of the lake: a Path on a local disk, the object's URL on an object store."""
-
-
-class LakeError(RuntimeError):
-    """The lake cannot do what was asked; the message is one line saying why."""
-
-
-def is_object_store(location: str | Path) -> bool:
-    """Whether a FLEET_LAKE_DIR value names an object store rather than a local folder."""
-    return isinstance(location, str) and bool(OBJECT_STORE.match(location))
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What one atomic write left in the lake, for materialization metadata."""
-
-    path: LakeFile
-    rows: int
-    bytes: int
 
 
 class Lake:
@@ -252,14 +206,8 @@ class Lake:
             self._store.remove(*others)
             return result
         assert isinstance(result.path, Path)
-        directory = result.path.parent
-        removed = False
-        for other in directory.glob("*.parquet"):
-            if other.name != result.path.name and other.is_file():
-                other.unlink(missing_ok=True)
-                removed = True
-        if removed:
-            _fsync_dir(directory)
+        others = result.path.parent.glob("*.parquet")
+        remove_files(f for f in others if f.name != result.path.name and f.is_file())
         return result
 
     def write_file(
@@ -301,8 +249,8 @@ class Lake:
             return ParquetStream(final, schema, use_dictionary, store=self._store)
         directory = self.partition_dir(source, table, day)
         final_path = directory / f"{_component(name, 'file name')}.parquet"
-        _make_dirs_durably(directory)
-        _remove_stale_temps(directory)
+        make_dirs_durably(directory)
+        remove_stale_temps(directory)
         return ParquetStream(final_path, schema, use_dictionary)
 
     def remove_file(self, source: str, table: str, day: date, name: str) -> bool:
@@ -313,13 +261,7 @@ class Lake:
                 return False
             self._store.remove(location)
             return True
-        path = Path(location)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        _fsync_dir(path.parent)
-        return True
+        return remove_files([Path(location)])
 
     def replace_partitions(
         self,
@@ -353,6 +295,16 @@ class Lake:
             day: self.replace_partition(source, table, day, by_day.get(day, empty), name=name)
             for day in wanted
         }
+
+    def ensure_table(
+        self, source: str, table: str, schema: pa.Schema, day: date, *, name: str
+    ) -> LakeFile | None:
+        """Give a table that has no file a schema-only one (0 rows) named `name` on `day`: a
+        `read_parquet` glob over a table without files fails, so dbt needs one before anything
+        has landed. Returns the file written; None when the table had a file already."""
+        if self.files(source, table):
+            return None
+        return self.write_file(source, table, day, name, schema.empty_table()).path
 
     def write_quarantine(
         self, source: str, day: date, name: str, rows: pa.Table
@@ -413,154 +365,6 @@ def quarantine_table(
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-class ParquetStream:
-    """One lake Parquet file written batch by batch, invisible until `commit`.
-
-    The schema is kept exactly as given (tz-aware timestamps stay tz-aware). On an object store
-    the file is spooled to a local temp file and `commit` stores it with one upload.
-    """
-
-    def __init__(
-        self,
-        final: LakeFile,
-        schema: pa.Schema,
-        use_dictionary: bool | list[str],
-        *,
-        store: ObjectStore | None = None,
-    ) -> None:
-        self.final = final
-        self.store = store
-        if store is None:
-            assert isinstance(final, Path)
-            self.temp = temp_path(final)
-        else:
-            self.temp = spool_path()
-        try:
-            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-                self.temp, schema, compression=COMPRESSION, use_dictionary=use_dictionary
-            )
-        except BaseException:
-            # The writer creates the file before it writes its header: on a full disk the
-            # header fails and nothing else would remove the empty file.
-            self.temp.unlink(missing_ok=True)
-            raise
-        self.rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        assert self._writer is not None, "written after commit or abort"
-        self._writer.write_table(table)
-        self.rows += table.num_rows
-
-    def commit(self) -> WriteResult:
-        assert self._writer is not None, "committed twice"
-        self._writer.close()
-        self._writer = None
-        if self.store is None:
-            assert isinstance(self.final, Path)
-            size = commit_temp(self.temp, self.final)
-        else:
-            try:
-                size = self.store.put(self.temp, str(self.final))
-            finally:
-                self.temp.unlink(missing_ok=True)
-        return WriteResult(path=self.final, rows=self.rows, bytes=size)
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-            self._writer = None
-        self.temp.unlink(missing_ok=True)
-
-
-class ObjectStore:
-    """The lake's object store, through fsspec: s3fs for `s3://` (gcsfs, adlfs for `gs://`,
-    `az://` when installed). Endpoint and credentials come from the standard variables
-    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) that botocore
-    reads itself, so the lake has no settings of its own and never holds a secret."""
-
-    def __init__(self, location: str) -> None:
-        self.protocol = location.split("://", 1)[0].lower()
-        try:
-            import fsspec
-
-            # Listings are never cached: a partition's files are listed right after a write.
-            self.fs: AbstractFileSystem = fsspec.filesystem(
-                self.protocol, skip_instance_cache=True, use_listings_cache=False
-            )
-        except ImportError as exc:
-            raise LakeError(
-                f"the lake {location} needs fsspec's {self.protocol}:// filesystem: {exc}"
-            ) from None
-
-    def url(self, key: str) -> str:
-        return f"{self.protocol}://{key}"
-
-    def key(self, url: str) -> str:
-        return url.split("://", 1)[1] if "://" in url else url
-
-    def put(self, local: Path, url: str) -> int:
-        """Store a finished local file at `url` in one upload; its size.
-
-        s3fs sends a file under two parts' size as one PUT (the object appears whole or not at
-        all) and a bigger one as a multipart upload of the finished file, which the store only
-        shows once it is completed and which s3fs aborts when any part fails; a killed writer's
-        upload is never completed, so nothing of it becomes visible.
-        """
-        size = local.stat().st_size
-        options: dict[str, int] = {}
-        if self.protocol in {"s3", "s3a"}:
-            # An explicit part size bypasses s3fs's own scaling: keep within S3's 10,000 parts.
-            options["chunksize"] = max(PART_SIZE, -(-size // MAX_PARTS))
-        self.fs.put_file(str(local), self.key(url), **options)
-        return size
-
-    def find(self, prefix: str) -> list[str]:
-        """URLs of every object under the folder `prefix`, sorted."""
-        key = self.key(prefix).rstrip("/")
-        try:
-            found = self.fs.find(key + "/")
-        except FileNotFoundError:
-            return []
-        return sorted(self.url(k) for k in found if k.startswith(key + "/"))
-
-    def exists(self, url: str) -> bool:
-        return bool(self.fs.exists(self.key(url)))
-
-    def remove(self, *urls: LakeFile) -> None:
-        """Delete objects (one request for many); gone already is fine."""
-        if urls:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm([self.key(str(u)) for u in urls])
-
-    def open(self, url: str) -> BinaryIO:
-        return self.fs.open(self.key(url), "rb")
-
-
-def spool_path() -> Path:
-    """A local file (in TMPDIR) where an object-store write is staged before its upload,
-    named so that a later write can sweep one whose writer was killed."""
-    spool_dir = Path(tempfile.gettempdir())
-    _remove_stale_temps(spool_dir, _SPOOL_PREFIX)
-    name = f"{_SPOOL_PREFIX}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-    (spool_dir / name).touch(exist_ok=False)
-    return spool_dir / name
-
-
-def temp_path(final: Path) -> Path:
-    """Where a writer stages `final`: same folder, dot-named, never matching `*.parquet`."""
-    return final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-
-
-def commit_temp(temp: Path, final: Path) -> int:
-    """Make a fully written temp file durable and put it in place at once; its size."""
-    _fsync_file(temp)
-    size = temp.stat().st_size
-    os.replace(temp, final)
-    _fsync_dir(final.parent)
-    return size
 
 
 def _any(folder: Path) -> bool:
@@ -630,64 +434,3 @@ def _day(day: date) -> date:
     if isinstance(day, datetime) or not isinstance(day, date):
         raise TypeError(f"partition day must be a datetime.date, got {type(day).__name__}")
     return day
-
-
-def _make_dirs_durably(directory: Path) -> None:
-    """Create the partition folder (race-safe) and fsync each parent that gained an entry."""
-    missing = []
-    parent = directory
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    for created in missing:
-        _fsync_dir(created.parent)
-
-
-def _remove_stale_temps(directory: Path, prefix: str = "") -> None:
-    """Sweep temp files of killed writers; a live writer's file is fresh or its pid still runs."""
-    now = time.time()
-    for temp in directory.glob(f".{prefix}*{_TEMP_SUFFIX}"):
-        match = _TEMP_RE.match(temp.name)
-        if match is None:
-            continue
-        try:
-            age = now - temp.stat().st_mtime
-        except FileNotFoundError:
-            continue
-        if age > STALE_TEMP_SECONDS and not _pid_alive(int(match["pid"])):
-            temp.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this host (errs towards alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make renames and unlinks in `directory` durable (some filesystems refuse; that is fine)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)

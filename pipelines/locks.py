@@ -1,7 +1,8 @@
 """One at a time, whatever started it: an OS file lock around work that must never run twice at
 once on one lake (a kt1 drain, an AutoPi drain), so the guarantee holds without Dagster's pools
 (a CLI run, a second instance). The kernel drops the lock when its holder exits, even by SIGKILL,
-so a dead holder never blocks the next one."""
+so a dead holder never blocks the next one. `pid_alive` is the one test of whether a holder
+(a lease, a writer's temp file) still runs on this host."""
 
 from __future__ import annotations
 
@@ -42,3 +43,17 @@ def exclusive(directory: Path, name: str, what: str, wait_s: float) -> Iterator[
         yield time.monotonic() - started
     finally:
         os.close(fd)  # closing drops the lock
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host; errs towards alive (a pid we may not
+    signal, or one out of range), since a live holder's work must never be taken from it."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

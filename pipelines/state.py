@@ -1,7 +1,7 @@
 """Shared state of every process on every machine: one database named by `FLEET_STATE_URL`.
 
 Three things must hold across processes, and across machines once a fleet outgrows one: the
-vendors' rate limits (pipelines.http's ledger of request slots), the AutoPi ledger (what was
+vendors' rate limits (pipelines.ratelimit's ledger of request slots), the AutoPi ledger (what was
 landed and cleared, so an export is cleared once and never re-landed) and the single-drain
 leases (kt1 and AutoPi drains, which would steal each other's work). They live here, not in
 the lake: `sqlite:///PATH` on one machine (the default, `./data/fleet_state.sqlite3`),
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from pipelines.locks import pid_alive
 from pipelines.settings import get_settings
 
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -235,18 +236,7 @@ def _dead_here(holder: str) -> bool:
     is free at once (a killed drain on one machine blocks nothing); elsewhere it lapses."""
     node, _, rest = holder.partition(":")
     pid_text = rest.partition(":")[0]
-    if node != os.uname().nodename or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):
-        return False
-    return False
+    return node == os.uname().nodename and pid_text.isdigit() and not pid_alive(int(pid_text))
 
 
 class Busy(RuntimeError):

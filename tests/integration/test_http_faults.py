@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipelines.http import RETRY_LOG, ApiClient, RetryPolicy, VendorAPIError
+from pipelines.http import RETRY_LOG, ApiClient, VendorAPIError
+from pipelines.retry import RetryPolicy
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipelines.http import RetryPolicy, VendorAPIError
+from pipelines.http import VendorAPIError
+from pipelines.retry import RetryPolicy
 from pipelines.simulator.kt1 import Kt1Server
 from pipelines.sources.kt1.client import AckOutcome, Kt1Client
 from pipelines.sources.kt1.extract import split_batches
-from tests.kt1_support import BEFORE_ANY_DATA, TOKEN, small_world, start_server, wait_until
+from tests.support.kt1_support import BEFORE_ANY_DATA, TOKEN, small_world, start_server, wait_until
 
 
 def markers(n: int, start: int = 0) -> list[dict]:

@@ -12,16 +12,17 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey, Definitions, materialize
 
 from pipelines.definitions import build_defs
 from pipelines.facts import FactsCatalog, connect, open_object_store
-from pipelines.facts_build import DayRange
+from pipelines.facts_build import FactRange
 from pipelines.lake import Lake
 from pipelines.simulator.avl import AvlServer
 from tests.conftest import SIM_NOW, facts_env
@@ -40,12 +41,13 @@ import sys
 import time
 import numpy as np
 import pyarrow as pa
-import pipelines.lake as lake_module
+import pipelines.object_store as store_module
+from pipelines.lake import Lake
 from datetime import date, timedelta
 
 url, rows, part_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-lake_module.PART_SIZE = part_size
-put = lake_module.ObjectStore.put
+store_module.PART_SIZE = part_size
+put = store_module.ObjectStore.put
 
 def announced(self, local, target):
     self.fs.max_concurrency = 1  # parts one after another, so a kill can fall between them
@@ -55,10 +57,10 @@ def announced(self, local, target):
     print("uploaded", f"took={time.monotonic() - started:.3f}", flush=True)
     return size
 
-lake_module.ObjectStore.put = announced
+store_module.ObjectStore.put = announced
 values = np.random.default_rng(rows).random(rows)
 table = pa.table({"seq": pa.array(range(rows), pa.int64()), "value": values})
-lake_module.Lake(url).replace_partition("bench", "points", date(2026, 3, 1), table)
+Lake(url).replace_partition("bench", "points", date(2026, 3, 1), table)
 """
 
 
@@ -232,21 +234,24 @@ def avl_sim(world) -> Iterator[AvlServer]:
     server.stop()
 
 
-def build(
-    tmp: Path, lake_dir: str, avl_sim: AvlServer, env: dict[str, str], facts_data: str | None = None
-) -> dict:
-    """Land AVL's FIRST..LAST into `lake_dir`, build the facts into a catalog in `tmp` (their
-    data beside it, or in `facts_data`); what came out."""
-    from pipelines.simulator.avl import env as avl_env
-
-    tags = DayRange(FIRST, LAST).tags()
+@contextmanager
+def fleet_defs(
+    tmp: Path,
+    lake_dir: str,
+    env: dict[str, str],
+    *,
+    clear: tuple[str, ...] = ("FLEET_",),
+    facts_data: str | None = None,
+) -> Iterator[Definitions]:
+    """The project's definitions, run from `tmp` with only `env` and this test's lake, catalog
+    (its data in `facts_data` when given) and state set: every `clear`-prefixed variable of
+    the outer environment is unset for the block."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp)
-        for key in [k for k in os.environ if k.startswith(("FLEET_", "AVL_", "AUTOPI_"))]:
+        for key in [k for k in os.environ if k.startswith(clear)]:
             mp.delenv(key)
         for key, value in {
             **env,
-            **avl_env(avl_sim),
             "FLEET_LAKE_DIR": lake_dir,
             **facts_env(tmp / "fleet_catalog.sqlite"),
             **({"FLEET_FACTS_DATA_PATH": facts_data} if facts_data else {}),
@@ -254,7 +259,20 @@ def build(
             "FLEET_START_DATE": "2025-12-01",
         }.items():
             mp.setenv(key, value)
-        defs = build_defs()
+        yield build_defs()
+
+
+def build(
+    tmp: Path, lake_dir: str, avl_sim: AvlServer, env: dict[str, str], facts_data: str | None = None
+) -> dict:
+    """Land AVL's FIRST..LAST into `lake_dir`, build the facts into a catalog in `tmp` (their
+    data beside it, or in `facts_data`); what came out."""
+    from pipelines.simulator.avl import env as avl_env
+
+    tags = FactRange(FIRST, LAST).tags()
+    avl = {**env, **avl_env(avl_sim)}
+    cleared = ("FLEET_", "AVL_", "AUTOPI_")
+    with fleet_defs(tmp, lake_dir, avl, clear=cleared, facts_data=facts_data) as defs:
         raw = materialize(
             list(defs.assets), resources=defs.resources, selection=[AVL_KEY], tags=tags
         )
@@ -318,24 +336,12 @@ METROTEC_TABLES = ("vehicles", "routelog", "stops", "refuels", "fuel_levels")
 def land_metrotec(tmp: Path, lake_dir: str, env: dict[str, str]) -> dict[str, list[dict]]:
     """Land Metrotec's vehicles and FIRST..LAST into `lake_dir`; every table's rows, sorted."""
     keys = [AssetKey(["raw", "metrotec", t]) for t in METROTEC_TABLES]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        for key in [k for k in os.environ if k.startswith("FLEET_")]:
-            mp.delenv(key)
-        for key, value in {
-            **env,
-            "FLEET_LAKE_DIR": lake_dir,
-            **facts_env(tmp / "fleet_catalog.sqlite"),
-            "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
-            "FLEET_START_DATE": "2025-12-01",
-        }.items():
-            mp.setenv(key, value)
-        defs = build_defs()
+    with fleet_defs(tmp, lake_dir, env) as defs:
         result = materialize(
             list(defs.assets),
             resources=defs.resources,
             selection=keys,
-            tags=DayRange(FIRST, LAST).tags(),
+            tags=FactRange(FIRST, LAST).tags(),
         )
         assert result.success
         lake = Lake(lake_dir)
@@ -351,7 +357,7 @@ def test_metrotec_lands_the_same_rows_on_s3_as_on_a_local_lake(
     tmp_path: Path, s3_server, s3_env: dict[str, str], bucket: str, world
 ) -> None:
     from pipelines.simulator.metrotec import env as metrotec_env
-    from tests.metrotec_support import ScriptedMetrotecServer
+    from tests.support.metrotec_support import ScriptedMetrotecServer
 
     with ScriptedMetrotecServer(world, clock=lambda: SIM_NOW) as server:
         env = {**s3_env, **metrotec_env(server), "METROTEC_RATE_LIMIT": "1000/1"}

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.http import RetryPolicy, VendorAPIError
+from pipelines.http import VendorAPIError
+from pipelines.retry import RetryPolicy
 from pipelines.sources.autopi.client import AutoPiClient
 
 BODY = os.urandom(3 * 1024 * 1024 + 17)

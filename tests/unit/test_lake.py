@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.lake import STALE_TEMP_SECONDS, Lake, WriteResult
+from pipelines.atomic_files import STALE_TEMP_SECONDS, WriteResult
+from pipelines.lake import Lake
 
 DAY = date(2024, 3, 1)
 TRIP_SCHEMA = pa.schema(
@@ -367,6 +368,23 @@ def test_remove_file_removes_only_that_file_and_says_whether_it_existed(lake: La
     assert [p.name for p in lake.files("autopi", "trips")] == ["trip-2.parquet"]
 
 
+def test_ensure_table_writes_a_schema_only_file_only_while_the_table_has_none(lake: Lake) -> None:
+    first = lake.ensure_table("kt1", "events", TRIP_SCHEMA, DAY, name="schema-only")
+
+    assert first == lake.partition_dir("kt1", "events", DAY) / "schema-only.parquet"
+    assert pq.read_schema(first) == TRIP_SCHEMA and pq.read_metadata(first).num_rows == 0
+    later = DAY + timedelta(days=1)
+    assert lake.ensure_table("kt1", "events", TRIP_SCHEMA, later, name="schema-only") is None
+    assert lake.files("kt1", "events") == [first]
+
+
+def test_ensure_table_leaves_a_table_that_has_data_alone(lake: Lake) -> None:
+    lake.write_file("autopi", "trips", DAY, "trip-1", trips(1))
+
+    assert lake.ensure_table("autopi", "trips", TRIP_SCHEMA, date(1970, 1, 1), name="_s") is None
+    assert [p.name for p in lake.files("autopi", "trips")] == ["trip-1.parquet"]
+
+
 @pytest.mark.parametrize(
     "name",
     ["", "../escape", "a/b", ".hidden", "data.parquet", "nul\0byte"],
@@ -492,16 +510,41 @@ def test_a_write_that_fails_at_its_first_byte_leaves_no_temp_file(tmp_path, monk
     """A full disk fails the Parquet header: the temp file it had created must not stay."""
     import pyarrow.parquet as pq
 
-    from pipelines import lake as lake_module
+    from pipelines import atomic_files
 
     class FullDisk(pq.ParquetWriter):
         def __init__(self, where, *args, **kwargs) -> None:
             Path(where).write_bytes(b"")  # created, as the real writer does, then the disk is full
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lake_module.pq, "ParquetWriter", FullDisk)
+    monkeypatch.setattr(atomic_files.pq, "ParquetWriter", FullDisk)
     lake = Lake(tmp_path)
     with pytest.raises(OSError, match="No space left"):
         lake.write_file("avl", "trips", date(2026, 1, 1), "data", pa.table({"x": [1]}))
     left = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert left == []
+
+
+def test_the_spool_of_a_killed_object_store_writer_is_swept_by_a_later_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object-store write stages its file in TMPDIR; one left by a dead writer goes away."""
+    import tempfile
+
+    from pipelines.atomic_files import spool_path
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    left = spool_path()
+    orphan = left.with_name(left.name.replace(f".{os.getpid()}.", f".{dead.stdout.strip()}."))
+    left.rename(orphan)
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(orphan, (old, old))
+    fresh = spool_path()
+    assert not orphan.exists(), "a dead writer's spool file was kept"
+    assert fresh.exists() and fresh.name.startswith(".")

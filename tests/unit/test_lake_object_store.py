@@ -14,7 +14,8 @@ import pytest
 
 from pipelines.facts import open_object_store, s3_secret_sql
 from pipelines.facts_build import lake_days
-from pipelines.lake import QUARANTINE_SCHEMA, Lake, LakeError, quarantine_table
+from pipelines.lake import QUARANTINE_SCHEMA, Lake, quarantine_table
+from pipelines.object_store import LakeError
 from pipelines.resources import LakeResource
 from pipelines.settings import FleetSettings
 

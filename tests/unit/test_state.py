@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from pipelines.locks import pid_alive
 from pipelines.settings import FleetSettings
 from pipelines.state import Busy, Lease, StateStore, redact, sqlite_path
 
@@ -44,6 +48,47 @@ def test_a_lease_is_exclusive_and_free_again_once_released(tmp_path: Path) -> No
     assert second.acquire(wait_s=0) < 1
     second.release()
     store.close()
+
+
+def _held_by(store: StateStore, pid: int) -> None:
+    """The `drain` lease held for ten minutes by `pid` on this machine."""
+    Lease(store, "drain", "test drain")  # creates the table
+    with store.transaction("lease:drain") as tx:
+        now = tx.now()
+        tx.execute(
+            "INSERT INTO leases (name, holder, acquired_at, expires_at) VALUES (?, ?, ?, ?)",
+            ("drain", f"{os.uname().nodename}:{pid}:feed", now, now + 600),
+        )
+
+
+def test_a_lease_of_a_process_gone_from_this_machine_is_free_at_once(tmp_path: Path) -> None:
+    store = StateStore(f"sqlite:///{tmp_path / 's.db'}")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    _held_by(store, int(gone.stdout))
+    lease = Lease(store, "drain", "test drain")
+    assert lease.acquire(wait_s=0) < 1
+    lease.release()
+    store.close()
+
+
+def test_a_lease_of_a_live_process_on_this_machine_stays_held(tmp_path: Path) -> None:
+    store = StateStore(f"sqlite:///{tmp_path / 's.db'}")
+    _held_by(store, os.getppid())
+    with pytest.raises(Busy, match="another test drain is running"):
+        Lease(store, "drain", "test drain").acquire(wait_s=0.2)
+    store.close()
+
+
+def test_pid_alive_tells_a_running_process_from_a_finished_one() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert pid_alive(os.getpid()) and pid_alive(os.getppid())
+    assert not pid_alive(child.pid)
 
 
 def test_the_retired_ratelimit_variable_is_named_in_one_warning(monkeypatch) -> None:

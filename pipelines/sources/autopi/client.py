@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pipelines.http import ApiClient, SlidingWindowLimiter, VendorAPIError
+from pipelines.http import ApiClient, VendorAPIError
+from pipelines.ratelimit import SlidingWindowLimiter
 
 EXPORT_TASK = "core.tasks.es_trip_export"
 SUCCESS = "SUCCESS"

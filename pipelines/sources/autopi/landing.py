@@ -35,24 +35,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.lake import (
-    PARTITION_KEY,
-    QUARANTINE_TABLE,
-    Lake,
-    LakeFile,
-    ParquetStream,
-    WriteResult,
-    _fsync_dir,
-    quarantine_table,
-)
-from pipelines.sources.autopi.export import (
-    DATAPOINTS_SCHEMA,
-    TRIPS_SCHEMA,
-    ExportStats,
-    ParsedTrip,
-    QuarantinedLine,
-    read_export,
-)
+from pipelines.atomic_files import LakeFile, ParquetStream, WriteResult, remove_files
+from pipelines.lake import PARTITION_KEY, QUARANTINE_TABLE, Lake, quarantine_table
+from pipelines.sources.autopi.export import read_export
+from pipelines.sources.autopi.schemas import DATAPOINTS_SCHEMA, TRIPS_SCHEMA
+from pipelines.sources.autopi.tally import ExportStats, QuarantinedLine
+from pipelines.sources.autopi.trip import ParsedTrip
 
 SOURCE = "autopi"
 TRIPS = "trips"
@@ -265,12 +253,7 @@ def _remove_legacy_quarantine(lake: Lake, trip_id: str, day: date) -> None:
     local lake can hold one: object-store lakes began after the quarantine table)."""
     if lake.remote:
         return
-    legacy = _legacy_quarantine(lake, trip_id, day)
-    try:
-        legacy.unlink()
-    except FileNotFoundError:
-        return
-    _fsync_dir(legacy.parent)
+    remove_files([_legacy_quarantine(lake, trip_id, day)])
 
 
 def migrate_legacy_quarantine(lake: Lake) -> int:
@@ -327,12 +310,10 @@ def _legacy_row(line: bytes, trip_id: str) -> dict[str, Any] | None:
 
 
 def ensure_schema_files(lake: Lake) -> list[LakeFile]:
-    """dbt's `read_parquet` glob fails on a table without files: give each table a schema-only
-    file (0 rows, in `day=1970-01-01`) before any trip has landed. Returns what it wrote."""
-    written = []
-    for table, schema in ((TRIPS, TRIPS_SCHEMA), (DATAPOINTS, DATAPOINTS_SCHEMA)):
-        if not lake.files(SOURCE, table):
-            written.append(
-                lake.write_file(SOURCE, table, EMPTY_DAY, EMPTY_NAME, schema.empty_table()).path
-            )
-    return written
+    """Give each table without files its schema-only file (in `day=1970-01-01`, a day no trip
+    lands on) before any trip has landed, so dbt can read it. Returns what it wrote."""
+    written = (
+        lake.ensure_table(SOURCE, table, schema, EMPTY_DAY, name=EMPTY_NAME)
+        for table, schema in ((TRIPS, TRIPS_SCHEMA), (DATAPOINTS, DATAPOINTS_SCHEMA))
+    )
+    return [file for file in written if file is not None]

@@ -12,7 +12,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipelines.http import ApiClient, SlidingWindowLimiter, VendorAPIError
+from pipelines.http import ApiClient, VendorAPIError
+from pipelines.ratelimit import SlidingWindowLimiter
 from pipelines.windows import day_runs
 
 TRIPS_PATH = "apidev/v1/reports/avl/trips"

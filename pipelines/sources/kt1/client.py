@@ -22,7 +22,9 @@ from typing import Any
 
 import requests
 
-from pipelines.http import ApiClient, RetryPolicy, VendorAPIError, parse_json_error
+from pipelines.error_bodies import parse_json_error
+from pipelines.http import ApiClient, VendorAPIError
+from pipelines.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 

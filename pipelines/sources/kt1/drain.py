@@ -29,7 +29,8 @@ from datetime import UTC, date, datetime
 
 from pipelines.lake import Lake
 from pipelines.sources.kt1.client import REDELIVERY_S, AckOutcome, Kt1Batch, Kt1Client
-from pipelines.sources.kt1.extract import QUARANTINE, SCHEMAS, SOURCE, TABLES, ItemSplitter
+from pipelines.sources.kt1.extract import ItemSplitter
+from pipelines.sources.kt1.schemas import QUARANTINE, SCHEMAS, SOURCE, TABLES
 from pipelines.state import Busy, Lease, StateStore, held, lake_key
 
 Stage = str
@@ -279,9 +280,8 @@ def ensure_schema_files(lake: Lake, today: date | None = None) -> list[tuple[str
     matches a file once the drain has run (even on an empty queue); the (table, day) of each.
     """
     day = today or datetime.now(UTC).date()
-    written = []
-    for table in TABLES:
-        if not lake.files(SOURCE, table):
-            lake.write_file(SOURCE, table, day, SCHEMA_FILE, SCHEMAS[table].empty_table())
-            written.append((table, day))
-    return written
+    return [
+        (table, day)
+        for table in TABLES
+        if lake.ensure_table(SOURCE, table, SCHEMAS[table], day, name=SCHEMA_FILE) is not None
+    ]

@@ -19,7 +19,8 @@ from typing import Any
 
 import requests
 
-from pipelines.http import ApiClient, SlidingWindowLimiter, VendorAPIError
+from pipelines.http import ApiClient, VendorAPIError
+from pipelines.ratelimit import SlidingWindowLimiter
 from pipelines.windows import day_runs
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # every time parameter and value: UTC, no offset
