@@ -14,12 +14,13 @@ import pytest
 
 from pipelines.lake import Lake
 from pipelines.sources.autopi import export
-from pipelines.sources.autopi.export import DATAPOINTS_SCHEMA, CorruptExport
 from pipelines.sources.autopi.landing import (
     LEGACY_QUARANTINE_SUFFIX,
     land_export,
     migrate_legacy_quarantine,
 )
+from pipelines.sources.autopi.schemas import DATAPOINTS_SCHEMA
+from pipelines.sources.autopi.values import CorruptExport
 
 T0 = datetime(2026, 3, 30, 23, 59, 0, tzinfo=UTC)  # starts late: the UTC day is the 30th
 TRIP = {

@@ -16,14 +16,8 @@ import pytest
 from pipelines.http import VendorAPIError
 from pipelines.lake import Lake, quarantine_table
 from pipelines.sources.avl.client import AvlClient, Window
-from pipelines.sources.avl.extract import (
-    TRIPS_SCHEMA,
-    DayAnswer,
-    GuardedLanding,
-    read_landed,
-    refusal_reason,
-    rows_to_table,
-)
+from pipelines.sources.avl.guard import DayAnswer, GuardedLanding, read_landed, refusal_reason
+from pipelines.sources.avl.rows import TRIPS_SCHEMA, rows_to_table
 
 TALLINN = ZoneInfo("Europe/Tallinn")
 DAY = date(2026, 3, 5)

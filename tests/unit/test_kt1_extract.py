@@ -10,8 +10,9 @@ import pytest
 
 from pipelines.sources.kt1.client import Kt1Batch, batch_id_of, parse_batch
 from pipelines.sources.kt1.drain import group_file_name
-from pipelines.sources.kt1.extract import QUARANTINE, SCHEMAS, split_batches
-from tests.kt1_support import identity
+from pipelines.sources.kt1.extract import split_batches
+from pipelines.sources.kt1.schemas import QUARANTINE, SCHEMAS
+from tests.support.kt1_support import identity
 
 FETCHED = datetime(2024, 5, 15, 12, 0, tzinfo=UTC)
 LANDED = datetime(2024, 5, 15, 12, 0, 5, tzinfo=UTC)

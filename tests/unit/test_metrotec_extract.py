@@ -17,17 +17,10 @@ from pipelines.sources.metrotec.client import (
     plan_windows,
     token_lifetime_s,
 )
-from pipelines.sources.metrotec.extract import (
-    FUEL_LEVELS,
-    REFUELS,
-    ROUTELOG,
-    STOPS,
-    VEHICLES,
-    hms_seconds,
-    inconsistent_trips,
-    quarantine_by_day,
-    type_rows,
-)
+from pipelines.sources.metrotec.extract import inconsistent_trips
+from pipelines.sources.metrotec.rows import quarantine_by_day, type_rows
+from pipelines.sources.metrotec.specs import FUEL_LEVELS, REFUELS, ROUTELOG, STOPS, VEHICLES
+from pipelines.sources.metrotec.values import hms_seconds
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 SENT_AT = 1_772_452_800.0  # 2026-03-02 12:00:00 UTC on our clock

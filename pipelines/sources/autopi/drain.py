@@ -18,7 +18,6 @@ from pathlib import Path
 from pipelines.http import VendorAPIError
 from pipelines.lake import Lake
 from pipelines.sources.autopi.client import FINISHED_BAD, AutoPiClient, ExportTask
-from pipelines.sources.autopi.export import CorruptExport
 from pipelines.sources.autopi.landing import (
     LandedTrip,
     ensure_schema_files,
@@ -27,6 +26,7 @@ from pipelines.sources.autopi.landing import (
     sha256_of,
 )
 from pipelines.sources.autopi.state import ExportLedger, ExportRecord
+from pipelines.sources.autopi.values import CorruptExport
 from pipelines.state import held, lake_key
 
 DOWNLOAD_ATTEMPTS = 3  # a file that fails its gzip check is fetched again this many times

@@ -28,24 +28,24 @@ parse is quarantined (`ParsedTrip.problem`) while its datapoints still land.
 
 The gzip stream must end with its trailer (CRC-32 and length are checked); a truncated or
 corrupt file raises `CorruptExport` before anything becomes visible.
+
+This module parses segments and runs the three stages; the pieces it composes live beside it:
+schemas.py (the columns), trip.py (line 1), inflate.py (gzip → segments), columns.py (one
+datapoint's values), values.py (JSON values and verdicts), tally.py (counts and sinks).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import math
 import os
 import queue
-import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -53,73 +53,41 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from pipelines.sources.autopi import fastpath
-
-try:  # ISA-L inflates 3-4x faster than zlib and checks the same CRC-32 and length
-    from isal import isal_zlib as _inflate_lib
-
-    INFLATER = "isal"
-except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps this working
-    import zlib as _inflate_lib  # type: ignore[no-redef]
-
-    INFLATER = "zlib"
-_INFLATE_ERRORS: tuple[type[Exception], ...] = (_inflate_lib.error,)
-
-TS = pa.timestamp("us", tz="UTC")
-F64 = pa.float64()
-STR = pa.string()
-
-LOC = "track.pos.loc"
-LOC_FIELDS = ("lat", "lon")
-# Value keys of the common OBD types: `<type>.value` (float64) and `<type>.unit` (string).
-OBD_TYPES = (
-    "obd.speed",
-    "obd.rpm",
-    "obd.engine_load",
-    "obd.coolant_temp",
-    "obd.fuel_level",
-    "obd.intake_temp",
-    "obd.maf",
-    "obd.throttle_pos",
-    "obd.ambient_air_temp",
-    "obd.fuel_rate",
+from pipelines.sources.autopi.columns import (
+    dumps,
+    extras_json,
+    json_text,
+    load_object,
+    needs_python,
+    type_line,
 )
-DECLARED: dict[str, pa.DataType] = {
-    "@ts": TS,  # when the reading was taken
-    "@rec": TS,  # when the cloud received it
-    "@t": STR,  # datapoint type
-    "@tag": STR,  # event tag, e.g. vehicle/engine/running
-    "@vid": pa.int64(),  # AutoPi vehicle id
-    "@uid": STR,  # device unit id
-    "track.pos.utc": TS,
-    f"{LOC}.lat": F64,
-    f"{LOC}.lon": F64,
-    "track.pos.alt": F64,
-    "track.pos.sog": F64,
-    "track.pos.cog": F64,
-    "track.pos.nsat": F64,
-    **{k: t for name in OBD_TYPES for k, t in ((f"{name}.value", F64), (f"{name}.unit", STR))},
-    "obd.bat.voltage": F64,
-    "obd.bat.level": F64,
-    "obd.bat.state": STR,
-}
-EXTRA = "extra"
-DATAPOINTS_SCHEMA = pa.schema(
-    [
-        pa.field("trip_id", STR, nullable=False),
-        pa.field("line_no", pa.int64(), nullable=False),  # line in the export; the trip is 1
-        *(pa.field(name, kind) for name, kind in DECLARED.items()),
-        pa.field(EXTRA, STR),  # JSON object of every key not declared above
-    ]
+from pipelines.sources.autopi.inflate import inflate, segments
+from pipelines.sources.autopi.schemas import (
+    DATAPOINTS_SCHEMA,
+    DECLARED,
+    EXTRA,
+    F64,
+    LOC,
+    LOC_FIELDS,
+    READ_NAMES,
+    READ_SCHEMA,
+    STR,
 )
-# What Arrow's reader is told: the location is an object in the file.
-_READ_FIELDS: list[pa.Field] = []
-for _name, _kind in DECLARED.items():
-    if _name == f"{LOC}.lat":
-        _READ_FIELDS.append(pa.field(LOC, pa.struct([(f, F64) for f in LOC_FIELDS])))
-    elif _name != f"{LOC}.lon":
-        _READ_FIELDS.append(pa.field(_name, _kind))
-READ_SCHEMA = pa.schema(_READ_FIELDS)
-_READ_NAMES = frozenset(READ_SCHEMA.names)
+from pipelines.sources.autopi.tally import (
+    DatapointSink,
+    ExportStats,
+    QuarantinedLine,
+    QuarantineSink,
+)
+from pipelines.sources.autopi.trip import ParsedTrip, parse_trip
+from pipelines.sources.autopi.values import CorruptExport, non_finite_in
+
+SEGMENT_BYTES = 8 << 20  # decompressed bytes Arrow parses in one call
+PARSE_WORKERS = 2  # segments parsed side by side (the machine's cores)
+PIECE_LINES = 256  # a refused segment is bisected down to pieces of about this many lines
+_MAX_REREADS = 4
+_REREAD = object()
+_SLOW = object()
 
 
 def _fast_kind(kind: pa.DataType) -> str:
@@ -134,122 +102,6 @@ def _fast_kind(kind: pa.DataType) -> str:
 
 _FAST_COLUMNS = [fastpath.Column(f.name, _fast_kind(f.type)) for f in READ_SCHEMA]
 
-TRIPS_SCHEMA = pa.schema(
-    [
-        pa.field("trip_id", STR, nullable=False),
-        pa.field("device_id", STR),
-        pa.field("vehicle_id", pa.int64()),
-        pa.field("started_at", TS),
-        pa.field("ended_at", TS),
-        pa.field("start_lat", F64),
-        pa.field("start_lon", F64),
-        pa.field("start_address", STR),
-        pa.field("end_lat", F64),
-        pa.field("end_lon", F64),
-        pa.field("end_address", STR),
-        pa.field("duration_s", F64),
-        pa.field("distance_km", F64),
-        pa.field("tag", STR),
-        pa.field("personal", pa.bool_()),
-        pa.field("last_recalc_at", TS),
-        pa.field("task_id", pa.int64()),
-        pa.field("export_sha256", STR),
-        pa.field("export_bytes", pa.int64()),
-        pa.field("datapoints", pa.int64()),
-        pa.field("malformed_lines", pa.int64()),
-        pa.field("undeclared_keys", STR),  # JSON {key: values} of keys kept in `extra`
-        pa.field("landed_at", TS, nullable=False),
-        pa.field("trip_json", STR),  # the trip object exactly as exported
-    ]
-)
-
-SEGMENT_BYTES = 8 << 20  # decompressed bytes Arrow parses in one call
-PARSE_WORKERS = 2  # segments parsed side by side (the machine's cores)
-PIECE_LINES = 256  # a refused segment is bisected down to pieces of about this many lines
-_READ_CHUNK = 1 << 20
-_MAX_REREADS = 4
-_REREAD = object()
-_SLOW = object()
-
-
-class CorruptExport(ValueError):
-    """The file is not one complete export: truncated gzip, bad CRC, or no trip object."""
-
-
-class DatapointSink(Protocol):
-    """Where parsed datapoints go: a Parquet file that becomes visible only when committed."""
-
-    def write(self, table: pa.Table) -> None: ...
-
-
-@dataclass(frozen=True)
-class BadValue:
-    """Why a row cannot land: the field to blame, its value as sent (as text), what is wrong."""
-
-    field: str
-    value: str
-    why: str
-
-    @property
-    def reason(self) -> str:
-        return f"{self.field}: {self.value!r} {self.why}"
-
-
-@dataclass(frozen=True)
-class QuarantinedLine:
-    """One export line kept out of the lake's tables: its number, why, and its raw bytes;
-    `field` / `value` name the offending value when one is to blame (not for broken JSON)."""
-
-    line_no: int
-    reason: str
-    raw: bytes
-    field: str | None = None
-    value: str | None = None
-
-
-class QuarantineSink(Protocol):
-    def add(self, line: QuarantinedLine) -> None: ...
-
-
-@dataclass
-class ParsedTrip:
-    """The trip object of line 1, typed, and where its files belong. `problem` is set when a
-    value of the trip object does not parse: the row is then quarantined, not landed."""
-
-    trip_id: str
-    day: date
-    row: dict[str, Any]
-    problem: BadValue | None = None
-
-
-@dataclass
-class ExportStats:
-    """What one export held, for metadata and the trips row."""
-
-    datapoints: int = 0
-    malformed: int = 0  # lines quarantined because they are not a JSON object
-    invalid: int = 0  # lines quarantined for a value that does not parse or is not finite
-    blank_lines: int = 0
-    undeclared: dict[str, int] = field(default_factory=dict)  # key -> values kept in `extra`
-    slow_lines: int = 0  # lines read one by one in Python
-    compressed_bytes: int = 0
-    decompressed_bytes: int = 0
-
-    def add(self, other: ExportStats) -> None:
-        """Fold one segment's counts in (segments are parsed in parallel, tallied in order)."""
-        self.datapoints += other.datapoints
-        self.malformed += other.malformed
-        self.invalid += other.invalid
-        self.blank_lines += other.blank_lines
-        self.slow_lines += other.slow_lines
-        for key, count in other.undeclared.items():
-            self.undeclared[key] = self.undeclared.get(key, 0) + count
-
-    @property
-    def quarantined(self) -> int:
-        """Datapoint lines quarantined instead of landed."""
-        return self.malformed + self.invalid
-
 
 @dataclass
 class _Tally:
@@ -257,254 +109,6 @@ class _Tally:
 
     stats: ExportStats = field(default_factory=ExportStats)
     bad: list[QuarantinedLine] = field(default_factory=list)
-
-
-# --- JSON with its non-finite numbers kept visible --------------------------------------------
-
-_NOT_FINITE = "is not a finite number"
-
-
-class _NonFinite:
-    """A number JSON cannot carry (`NaN`, `Infinity`, `-Infinity`, or one beyond float64 such
-    as `1e999`), in place of the float Python's json would make of it: nothing can land it by
-    mistake, and the quarantine shows the text that was sent."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def _parse_float(text: str) -> float | _NonFinite:
-    value = float(text)
-    return value if math.isfinite(value) else _NonFinite(text)
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object, unless a key repeats (which value counts would be a guess)."""
-    obj = dict(items)
-    if len(obj) != len(items):
-        seen: set[str] = set()
-        for key, _ in items:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return obj
-
-
-# Built once: json.loads with hooks builds a decoder per call, which doubles its cost.
-_LINE_DECODER = json.JSONDecoder(
-    object_pairs_hook=_pairs, parse_float=_parse_float, parse_constant=_NonFinite
-)
-_TRIP_DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_NonFinite)
-
-
-def _decode(raw: bytes, decoder: json.JSONDecoder) -> Any:
-    """`json.loads(raw)` (same encoding detection) with `decoder`'s hooks."""
-    return decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
-
-
-def _value_text(value: Any) -> str:
-    """A value as it was sent: a string as itself, anything else as its JSON text."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, _NonFinite):
-        return value.text
-    return json.dumps(value, ensure_ascii=False, default=repr)
-
-
-def _non_finite_in(value: Any, path: str) -> BadValue | None:
-    """The first non-finite number nested in `value`, named by its key path."""
-    if isinstance(value, _NonFinite):
-        return BadValue(path, value.text, _NOT_FINITE)
-    if isinstance(value, dict):
-        items: Any = ((f"{path}.{k}" if path else k, v) for k, v in value.items())
-    elif isinstance(value, list):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    else:
-        return None
-    for sub_path, sub in items:
-        if found := _non_finite_in(sub, sub_path):
-            return found
-    return None
-
-
-# --- the trip object -----------------------------------------------------------------------
-
-
-def _ts(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_DURATION_TEXT = re.compile(r"[0-9]+(?::[0-5]?[0-9]){1,2}(?:\.[0-9]+)?")
-
-
-class _Unparseable(ValueError):
-    """A trip object's value that does not parse: why, for its `BadValue`."""
-
-
-def _float(value: Any) -> float | None:
-    """A number, or a number's text (AutoPi sends coordinates as `"56.144..."`); NULL when
-    absent or empty. Anything else, or a non-finite number, raises `_Unparseable`."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, _NonFinite):
-        raise _Unparseable(_NOT_FINITE)
-    if isinstance(value, str):
-        if not _NUMBER_TEXT.fullmatch(value.strip()):  # "12,5", "NaN", "inf", "1_000"
-            raise _Unparseable("is not a number")
-    elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Unparseable("is not a number")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float64
-        raise _Unparseable(_NOT_FINITE) from None
-    if not math.isfinite(number):
-        raise _Unparseable(_NOT_FINITE)
-    return number
-
-
-def _duration_s(value: Any) -> float | None:
-    """`"HH:MM:SS"` (as exported) or a number of seconds; `_Unparseable` otherwise."""
-    if isinstance(value, str) and ":" in value:
-        if not _DURATION_TEXT.fullmatch(value.strip()):
-            raise _Unparseable("is not a duration (HH:MM:SS or seconds)")
-        seconds = 0.0
-        for p in value.strip().split(":"):
-            seconds = seconds * 60 + float(p)
-        return seconds
-    return _float(value)
-
-
-def _time(value: Any) -> datetime | None:
-    """An ISO-8601 time; NULL when absent or empty, `_Unparseable` otherwise."""
-    if value is None or value == "":
-        return None
-    parsed = _ts(value)
-    if parsed is None:
-        raise _Unparseable("is not an ISO-8601 timestamp")
-    return parsed
-
-
-def _address(display: Any) -> str | None:
-    if isinstance(display, dict):
-        address = display.get("address")
-        return str(address) if address else None
-    return None
-
-
-def parse_trip(line: bytes, expected_trip_id: str | None = None) -> ParsedTrip:
-    """Line 1 of an export; raises `CorruptExport` when it is not this task's trip object."""
-    try:
-        trip = _decode(line, _TRIP_DECODER)
-    except (ValueError, UnicodeDecodeError):
-        raise CorruptExport("line 1 is not JSON (expected the trip object)") from None
-    if not isinstance(trip, dict) or not isinstance(trip.get("id"), str) or not trip["id"]:
-        raise CorruptExport("line 1 is not a trip object with an `id`")
-    trip_id = trip["id"]
-    if expected_trip_id is not None and trip_id != expected_trip_id:
-        raise CorruptExport(f"export holds trip {trip_id}, the task names {expected_trip_id}")
-    started = _ts(trip.get("start_time_utc"))
-    if started is None:
-        raise CorruptExport(f"trip {trip_id} has no readable start_time_utc")
-    vehicle = trip.get("vehicle")
-    problems: list[BadValue] = []
-
-    def parsed(key: str, parse: Callable[[Any], Any]) -> Any:
-        try:
-            return parse(trip.get(key))
-        except _Unparseable as exc:
-            problems.append(BadValue(key, _value_text(trip[key]), str(exc)))
-            return None
-
-    row = {
-        "trip_id": trip_id,
-        "device_id": str(trip["device"]) if trip.get("device") is not None else None,
-        "vehicle_id": vehicle
-        if isinstance(vehicle, int) and not isinstance(vehicle, bool)
-        else None,
-        "started_at": started,
-        "ended_at": parsed("end_time_utc", _time),
-        "start_lat": parsed("start_position_lat", _float),
-        "start_lon": parsed("start_position_lng", _float),
-        "start_address": _address(trip.get("start_position_display")),
-        "end_lat": parsed("end_position_lat", _float),
-        "end_lon": parsed("end_position_lng", _float),
-        "end_address": _address(trip.get("end_position_display")),
-        "duration_s": parsed("duration", _duration_s),
-        "distance_km": parsed("distanceKm", _float),
-        "tag": str(trip["tag"]) if trip.get("tag") is not None else None,
-        "personal": trip.get("personal") if isinstance(trip.get("personal"), bool) else None,
-        "last_recalc_at": parsed("last_recalc", _time),
-        "trip_json": line.decode("utf-8", errors="replace").rstrip("\r\n"),
-    }
-    problem = problems[0] if problems else None
-    return ParsedTrip(trip_id=trip_id, day=started.date(), row=row, problem=problem)
-
-
-# --- gzip → newline-aligned segments --------------------------------------------------------
-
-
-def _inflate(path: Path, stats: ExportStats) -> Iterator[bytes]:
-    """Decompressed chunks of every gzip member; raises `CorruptExport` unless the file ends
-    exactly with a complete member (the inflater verifies each trailer's CRC-32 and length)."""
-    inflater = _inflate_lib.decompressobj(wbits=31)
-    fresh = False  # a member was completed and nothing of a next one was fed yet
-    with path.open("rb") as fh:
-        pending = b""
-        while True:
-            if not pending:
-                pending = fh.read(_READ_CHUNK)
-                if not pending:
-                    break
-                stats.compressed_bytes += len(pending)
-            fresh = False
-            try:
-                out = inflater.decompress(pending)
-            except _INFLATE_ERRORS as exc:
-                raise CorruptExport(f"gzip data is corrupt ({exc})") from None
-            if out:
-                yield out
-            if inflater.eof:  # a member ended; what follows must be another member
-                pending = inflater.unused_data
-                inflater = _inflate_lib.decompressobj(wbits=31)
-                fresh = True
-            else:
-                pending = b""
-    if not fresh:
-        raise CorruptExport("gzip stream ends before its trailer (truncated download)")
-
-
-def _segments(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
-    """Runs of whole lines of about `size` bytes, each ending with a newline (a longer line
-    makes a longer run; one inflated chunk can hold many runs)."""
-    buffer = b""
-    for chunk in chunks:
-        buffer = buffer + chunk if buffer else chunk
-        start = 0
-        while len(buffer) - start >= size:
-            cut = buffer.find(b"\n", start + size - 1) + 1
-            if cut == 0:
-                break  # the line continues in the next chunk
-            yield buffer[start:cut]
-            start = cut
-        buffer = buffer[start:]
-    if buffer:
-        yield buffer if buffer.endswith(b"\n") else buffer + b"\n"
 
 
 # --- datapoints -----------------------------------------------------------------------------
@@ -534,7 +138,7 @@ class _Reader:
     def learn(self, keys: Iterator[str] | list[str]) -> None:
         """Read these undeclared keys on the fast path from now on (if DuckDB can name them:
         not nested in the location, not equal to another column but for case)."""
-        taken = {k.casefold() for k in itertools.chain(_READ_NAMES, self.learned)}
+        taken = {k.casefold() for k in itertools.chain(READ_NAMES, self.learned)}
         for key in keys:
             if len(self.learned) >= fastpath.MAX_LEARNED_KEYS:
                 return
@@ -597,7 +201,7 @@ class _Reader:
                 "trip_id": pa.repeat(pa.scalar(self.trip_id, STR), n),
                 "line_no": pa.array(range(first_line, first_line + n), pa.int64()),
                 **{name: segment.typed[name] for name in DECLARED},
-                EXTRA: _extras_json(segment.extras, n),
+                EXTRA: extras_json(segment.extras, n),
             },
             schema=DATAPOINTS_SCHEMA,
         )
@@ -647,7 +251,7 @@ class _Reader:
         loc_type: pa.StructType = loc.type
         nested = [loc_type.field(i).name for i in range(loc_type.num_fields)]
         extras: list[tuple[str, pa.ChunkedArray]] = [
-            (name, table.column(name)) for name in table.column_names if name not in _READ_NAMES
+            (name, table.column(name)) for name in table.column_names if name not in READ_NAMES
         ]
         extras += [(f"{LOC}.{f}", pc.struct_field(loc, f)) for f in nested if f not in LOC_FIELDS]
         temporal = [k for k, col in extras if pa.types.is_temporal(col.type)]
@@ -656,7 +260,7 @@ class _Reader:
         if temporal:
             self.overrides.update(dict.fromkeys(temporal, STR))
             return _REREAD
-        if any(_needs_python(col.type) for _, col in extras):
+        if any(needs_python(col.type) for _, col in extras):
             return _SLOW
         columns: dict[str, Any] = {
             "trip_id": pa.repeat(pa.scalar(self.trip_id, STR), n),
@@ -672,7 +276,7 @@ class _Reader:
         if not all(fastpath.all_finite(col) for col in numbers):
             return _SLOW
         present = [(k, col) for k, col in extras if col.null_count < len(col)]
-        columns[EXTRA] = _extras_json([(k, _json_text(col)) for k, col in present], n)
+        columns[EXTRA] = extras_json([(k, json_text(col)) for k, col in present], n)
         self.learn([k for k, _ in extras])
         undeclared = tally.stats.undeclared
         for key, col in present:
@@ -690,20 +294,20 @@ class _Reader:
             if not raw.strip():
                 stats.blank_lines += 1
                 continue
-            reason, point = _load_object(raw)
+            reason, point = load_object(raw)
             if point is None:
                 stats.malformed += 1
                 tally.bad.append(QuarantinedLine(line_no, reason, raw))
                 continue
             extras: dict[str, Any] = {}
             typed: dict[str, Any] = {}
-            problem = _type_line(point, typed, extras)
+            problem = type_line(point, typed, extras)
             extra_text = None
             if problem is None and extras:
                 try:
-                    extra_text = _dumps(extras)
-                except TypeError:  # only a _NonFinite is not JSON-serializable
-                    problem = _non_finite_in(extras, "")
+                    extra_text = dumps(extras)
+                except TypeError:  # only a NonFinite is not JSON-serializable
+                    problem = non_finite_in(extras, "")
                     if problem is None:
                         raise
             if problem is not None:
@@ -723,122 +327,6 @@ class _Reader:
                 self.learn(list(extras))
             stats.datapoints += 1
         return pa.Table.from_pydict(values, schema=DATAPOINTS_SCHEMA)
-
-
-def _type_line(
-    point: dict[str, Any], typed: dict[str, Any], extras: dict[str, Any]
-) -> BadValue | None:
-    """Split one datapoint into typed declared values and undeclared ones (kept as sent), or
-    say which declared value does not fit its type."""
-    for key, value in point.items():
-        if value is None:  # null and absent are one thing, in every path
-            continue
-        if key == LOC:
-            if not isinstance(value, dict):
-                return BadValue(LOC, _value_text(value), "is not an object")
-            for sub, subvalue in value.items():
-                if subvalue is None:
-                    continue
-                name = f"{LOC}.{sub}"
-                if name not in DECLARED:
-                    extras[name] = subvalue
-                elif problem := _convert(name, subvalue, typed):
-                    return problem
-        elif key not in DECLARED:
-            extras[key] = value
-        elif problem := _convert(key, value, typed):
-            return problem
-    return None
-
-
-def _load_object(raw: bytes) -> tuple[str, dict[str, Any] | None]:
-    """(reason, object): an object, or why the line is quarantined."""
-    try:
-        point = _decode(raw, _LINE_DECODER)
-    except UnicodeDecodeError:
-        return "not UTF-8", None
-    except _DuplicateKey as exc:
-        return f"duplicate key {exc.args[0]!r}", None
-    except ValueError as exc:
-        return f"invalid JSON: {str(exc).split(':')[0]}", None
-    if not isinstance(point, dict):
-        return f"not a JSON object ({type(point).__name__})", None
-    return "", point
-
-
-def _convert(key: str, value: Any, typed: dict[str, Any]) -> BadValue | None:
-    """Put the declared key's typed value in `typed`, or say why its value does not fit."""
-    kind = DECLARED[key]
-    why = None
-    if isinstance(value, _NonFinite):
-        why = _NOT_FINITE
-    elif kind == F64:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                typed[key] = float(value)
-            except OverflowError:  # an integer beyond float64
-                why = _NOT_FINITE
-        else:
-            why = "is not a number"
-    elif kind == pa.int64():
-        if not isinstance(value, int) or isinstance(value, bool):
-            why = "is not an integer"
-        elif not -(2**63) <= value < 2**63:
-            why = "is beyond a 64-bit integer"
-        else:
-            typed[key] = value
-    elif kind == STR:
-        if isinstance(value, str):
-            typed[key] = value
-        else:
-            why = "is not a string"
-    elif (ts := _ts(value)) is not None:  # TS, the only other declared type
-        typed[key] = ts
-    else:
-        why = "is not an ISO-8601 timestamp"
-    return None if why is None else BadValue(key, _value_text(value), why)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _needs_python(kind: pa.DataType) -> bool:
-    """Types whose JSON text Arrow compute cannot rebuild exactly (nested values)."""
-    return not (
-        pa.types.is_integer(kind)
-        or pa.types.is_floating(kind)
-        or pa.types.is_boolean(kind)
-        or pa.types.is_string(kind)
-        or pa.types.is_null(kind)
-    )
-
-
-def _json_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Each scalar value as JSON text (NULL stays NULL)."""
-    if pa.types.is_string(column.type):
-        if not pc.any(pc.match_substring_regex(column, r'[\x00-\x1f\\"]')).as_py():
-            return pc.binary_join_element_wise('"', column, '"', "")
-        return pa.chunked_array(
-            [pa.array([None if v is None else _dumps(v) for v in column.to_pylist()], STR)]
-        )
-    return pc.cast(column, STR)  # numbers in their shortest round-trip form; true/false
-
-
-def _extras_json(extras: list[tuple[str, pa.ChunkedArray]], n: int) -> pa.ChunkedArray:
-    """One JSON object per row of the undeclared keys it has (NULL when it has none), from
-    each key's values as JSON text."""
-    if not extras:
-        return pa.chunked_array([pa.nulls(n, STR)])
-    # Each fragment carries its own leading comma, so joining needs no separator logic.
-    fragments = [
-        pc.binary_join_element_wise("," + _dumps(key) + ":", text, "") for key, text in extras
-    ]
-    joined = pc.binary_join_element_wise(
-        *fragments, "", null_handling="replace", null_replacement=""
-    )
-    body = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
-    return pc.if_else(pc.equal(joined, ""), pa.scalar(None, STR), body)
 
 
 # --- the pipeline: inflate → parse → write --------------------------------------------------
@@ -890,7 +378,7 @@ def read_export(
     complete gzip export; the caller then discards its sinks, so nothing becomes visible.
     """
     stats = ExportStats()
-    chunks = _inflate(path, stats)
+    chunks = inflate(path, stats)
     head = b""
     for chunk in chunks:
         head += chunk
@@ -943,7 +431,7 @@ def _stream_datapoints(
         def produce() -> None:
             line = 2
             try:
-                for segment in _segments(inflated, segment_bytes):
+                for segment in segments(inflated, segment_bytes):
                     stats.decompressed_bytes += len(segment)
                     lines = segment.count(b"\n")
                     future = pool.submit(reader.parse, segment, line, lines)
