@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,9 @@ from dagster import (
     sensor,
 )
 
-from pipelines.checks import DAYS_WRITTEN
 from pipelines.lake import Lake
+from pipelines.lake_days import DAYS_WRITTEN
+from pipelines.windows import DayRange
 
 FACTS_SENSOR = "fleet_facts_after_raw"
 FACTS_JOB = "fleet_facts_build"
@@ -50,10 +50,8 @@ RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
 
-@dataclass(frozen=True)
-class DayRange:
-    first: date
-    last: date
+class FactRange(DayRange):
+    """Fact partitions to build in one run, named as Dagster's partition-range tags."""
 
     def tags(self) -> dict[str, str]:
         return {RANGE_START: self.first.isoformat(), RANGE_END: self.last.isoformat()}
@@ -80,7 +78,7 @@ def written_days(metadata: Any, partition: str | None) -> set[date]:
 
 def fact_ranges(
     days: Iterable[date], partitions: TimeWindowPartitionsDefinition, margin: int = 0
-) -> list[DayRange]:
+) -> list[FactRange]:
     """The fact partitions of `days` widened by `margin` days either side, clipped to the
     partitions that exist, as sorted contiguous ranges."""
     keys = partitions.get_partition_keys()
@@ -95,12 +93,12 @@ def fact_ranges(
             if low <= day + timedelta(days=shift) <= high
         }
     )
-    ranges: list[DayRange] = []
+    ranges: list[FactRange] = []
     for day in wanted:
         if ranges and day == ranges[-1].last + timedelta(days=1):
-            ranges[-1] = DayRange(ranges[-1].first, day)
+            ranges[-1] = FactRange(ranges[-1].first, day)
         else:
-            ranges.append(DayRange(day, day))
+            ranges.append(FactRange(day, day))
     return ranges
 
 

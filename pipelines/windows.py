@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
+
+
+@dataclass(frozen=True)
+class DayRange:
+    """Whole days `first`..`last`, both included: a check's window, a report's period, an API
+    request's window all count and walk their days the same way."""
+
+    first: date
+    last: date
+
+    @property
+    def count(self) -> int:
+        return (self.last - self.first).days + 1
+
+    def dates(self) -> Iterator[date]:
+        for offset in range(self.count):
+            yield self.first + timedelta(days=offset)
 
 
 def day_runs(

@@ -194,7 +194,7 @@ def build_facts(
     from dagster import materialize
 
     from pipelines.definitions import build_defs, daily_partitions
-    from pipelines.facts_build import DayRange, fact_ranges, lake_days, raw_keys
+    from pipelines.facts_build import FactRange, fact_ranges, lake_days, raw_keys
     from pipelines.settings import get_settings
 
     settings = get_settings()
@@ -212,7 +212,7 @@ def build_facts(
     )
     if not ranges:
         return False, f"{first}..{last} has no daily partition (FLEET_START_DATE..today)"
-    span = DayRange(ranges[0].first, ranges[-1].last)
+    span = FactRange(ranges[0].first, ranges[-1].last)
     result = materialize(
         list(defs.assets),
         resources=defs.resources,

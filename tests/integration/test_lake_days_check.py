@@ -25,16 +25,15 @@ from dagster import (
     materialize,
 )
 
-from pipelines.checks import (
+from pipelines.checks import RAW_TABLES, build_raw_checks
+from pipelines.lake import Lake
+from pipelines.lake_days import (
     DAYS_WRITTEN,
     LAKE_DAYS_CHECK,
-    RAW_TABLES,
     LakeDays,
-    build_raw_checks,
     describe_days,
     lake_days_result,
 )
-from pipelines.lake import Lake
 from pipelines.resources import LakeResource
 from tests.conftest import fact_days
 
@@ -173,7 +172,7 @@ def report(instance: DagsterInstance, key: AssetKey, days: list[date] | None) ->
 def test_a_kt1_day_lost_after_a_real_drain_fails_the_check_and_says_it_is_lost(
     fleet_env, instance: DagsterInstance
 ) -> None:
-    from tests.kt1_support import run_drain, small_world, start_server
+    from tests.support.kt1_support import run_drain, small_world, start_server
 
     key = AssetKey(["raw", "kt1", "telemetry"])
     server = start_server(small_world(days=2))

@@ -24,18 +24,12 @@ from dagster import (
     materialize,
 )
 
-from pipelines.checks import (
-    FUEL_CHECK,
-    LAKE_DAYS_CHECK,
-    ODOMETER_CHECK,
-    OVERLAP_CHECK,
-    RAW_CHECKS,
-    RAW_TABLES,
-    build_raw_checks,
-)
+from pipelines.anomalies import FUEL_CHECK, ODOMETER_CHECK, OVERLAP_CHECK
+from pipelines.checks import RAW_CHECKS, RAW_TABLES, build_raw_checks
 from pipelines.dbt import FACTS_FRESHNESS
 from pipelines.facts_build import FACTS_SENSOR
 from pipelines.lake import Lake
+from pipelines.lake_days import LAKE_DAYS_CHECK
 from pipelines.resources import LakeResource
 
 D = date(2026, 3, 10)
@@ -448,7 +442,7 @@ def test_every_check_passes_on_a_lake_with_nothing_landed_yet(lake: Lake) -> Non
 
 def test_the_checks_of_a_real_kt1_drain_stay_quiet_on_clean_simulated_data(fleet_env) -> None:
     from pipelines.definitions import build_defs
-    from tests.kt1_support import KT1_KEYS, kt1_resource, small_world, start_server
+    from tests.support.kt1_support import KT1_KEYS, kt1_resource, small_world, start_server
 
     server = start_server(small_world(days=2))
     try:

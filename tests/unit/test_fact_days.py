@@ -7,7 +7,7 @@ from datetime import date
 
 from dagster import DailyPartitionsDefinition, MetadataValue
 
-from pipelines.facts_build import DayRange, fact_ranges, written_days
+from pipelines.facts_build import FactRange, fact_ranges, written_days
 
 PARTITIONS = DailyPartitionsDefinition(start_date="2026-03-01", end_date="2026-04-01")
 
@@ -22,8 +22,8 @@ def test_written_days_come_from_days_written_else_the_partition() -> None:
 def test_days_become_ranges_with_their_neighbours_clipped_to_the_partitions() -> None:
     days = [date(2026, 3, 1), date(2026, 3, 10), date(2026, 3, 12), date(2026, 3, 31)]
     assert fact_ranges(days, PARTITIONS, margin=1) == [
-        DayRange(date(2026, 3, 1), date(2026, 3, 2)),
-        DayRange(date(2026, 3, 9), date(2026, 3, 13)),
-        DayRange(date(2026, 3, 30), date(2026, 3, 31)),
+        FactRange(date(2026, 3, 1), date(2026, 3, 2)),
+        FactRange(date(2026, 3, 9), date(2026, 3, 13)),
+        FactRange(date(2026, 3, 30), date(2026, 3, 31)),
     ]
     assert fact_ranges([date(2026, 5, 1)], PARTITIONS, margin=1) == []
