@@ -21,10 +21,17 @@ from dagster import (
     TableSchema,
 )
 
-from pipelines.lake import PARTITION_KEY, Lake, WriteResult
+from pipelines.atomic_files import WriteResult
+from pipelines.lake import PARTITION_KEY, Lake
 
 OWNERS = ["team:fleet-data"]
 """Who answers for the pipelines' assets (Dagster's owners field: a team or an e-mail)."""
+
+
+def raw_key(source: str, table: str) -> AssetKey:
+    """The one spelling of a raw table's asset key, `raw/<source>/<table>`: the source's
+    assets, its checks and dbt's sources all name the table through it."""
+    return AssetKey(["raw", source, table])
 
 
 def raw_tags(source: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Definitions: each source's assets and schedules, the dbt models, and their resources."""
+"""Definitions: each source's assets, schedules and resource, the dbt models, and the shared
+resources (the lake, dbt)."""
 
 import logging
 
@@ -15,26 +16,11 @@ from pipelines.resources import LakeResource
 from pipelines.runs import check_instance
 from pipelines.settings import FleetSettings, get_settings, load_env_file
 from pipelines.sources.autopi.assets import build_autopi_defs
-from pipelines.sources.autopi.resources import AutoPiResource
 from pipelines.sources.avl.assets import build_avl_defs
-from pipelines.sources.avl.resources import AvlResource
 from pipelines.sources.kt1.assets import build_kt1_defs
-from pipelines.sources.kt1.resources import Kt1Resource
 from pipelines.sources.metrotec.assets import build_metrotec_defs
-from pipelines.sources.metrotec.resources import MetrotecResource
 
 log = logging.getLogger(__name__)
-
-
-def build_resources(settings: FleetSettings) -> dict[str, object]:
-    return {
-        "lake": LakeResource(lake_dir=str(settings.lake_dir)),
-        "avl": AvlResource.from_settings(settings),
-        "kt1": Kt1Resource.from_settings(settings),
-        "metrotec": MetrotecResource.from_settings(settings),
-        "autopi": AutoPiResource.from_settings(settings),
-        "dbt": dbt_resource(),
-    }
 
 
 def daily_partitions(settings: FleetSettings) -> DailyPartitionsDefinition:
@@ -66,7 +52,11 @@ def build_defs(settings: FleetSettings | None = None) -> Definitions:
             sensors=[build_facts_sensor(dbt_models, partitions)],
             jobs=[facts_maintenance],
             schedules=[facts_maintenance_schedule],
-            resources=build_resources(settings),
+            # Each source binds its own resource (built from its variables) in its defs.
+            resources={
+                "lake": LakeResource(lake_dir=str(settings.lake_dir)),
+                "dbt": dbt_resource(),
+            },
             executor=run_executor(),  # FLEET_EXECUTOR: beside the run, or Celery workers
         ),
     )

@@ -1,8 +1,13 @@
-"""Environment (and `.env`) to one typed settings object: the only place config is read."""
+"""Environment (and `.env`) to the project's global settings, and the one reading of both.
+
+Each source's own variables are declared by its resource (`pipelines.resources.Var`) and read
+from `environment()` by `SourceResource.from_env`; what every source shares lives here.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -10,11 +15,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dotenv import load_dotenv
-from pydantic import SecretStr
+from dotenv import dotenv_values, load_dotenv
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from pipelines import __version__
 
 
 class SettingError(RuntimeError):
@@ -126,12 +128,21 @@ def load_env_file(path: str | Path = ".env") -> None:
     load_dotenv(path, override=False)
 
 
-class FleetSettings(BaseSettings):
-    """Every variable the project reads, as the raw text it was given, with its default.
+def environment(path: str | Path = ".env") -> dict[str, str]:
+    """The variables as `FleetSettings` sees them: the shell over `.env`, names upper-cased
+    (they are matched case-insensitively)."""
+    env = {k.upper(): v for k, v in dotenv_values(path).items() if v is not None}
+    env.update({k.upper(): v for k, v in os.environ.items()})
+    return env
 
-    Values that need parsing stay text here and are parsed by the source that uses them
-    (`Parsed`), so one bad value fails that source's runs with one line while every other
-    asset, and `fleet sql`, keep working.
+
+class FleetSettings(BaseSettings):
+    """The variables every source and command shares, as the raw text it was given, with its
+    default; each source's own variables are declared on its resource.
+
+    Values that need parsing stay text here and are parsed where they are used (`Parsed`), so
+    one bad value fails the runs that need it with one line while every other asset, and
+    `fleet sql`, keep working.
     """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
@@ -158,35 +169,6 @@ class FleetSettings(BaseSettings):
     fleet_http_read_timeout_s: str = "30"
     fleet_http_max_attempts: str = "6"
     fleet_http_retry_budget_s: str = "150"
-
-    avl_base_url: str | None = None
-    avl_tenant: str | None = None
-    avl_devices: str = ""
-    avl_timezone: str = "UTC"
-    avl_idle_min: str = "0"
-    avl_duration_min: str = "0"
-    avl_rate_limit: str = "10/60"
-
-    autopi_base_url: str | None = None
-    autopi_webhook_secret: SecretStr | None = None
-
-    kt1_base_url: str | None = None
-    kt1_drain_seconds: str = "240"
-
-    metrotec_base_url: str | None = None
-    metrotec_username: str | None = None
-    metrotec_api_version: str = "1.1.0"
-    metrotec_user_agent: str = f"fleet-pipelines/{__version__}"
-    # Metrotec states no limit; be polite. Paths are relative to METROTEC_BASE_URL.
-    metrotec_rate_limit: str = "5/1"
-    metrotec_window_days: str = "31"
-    metrotec_token_refresh_margin_s: str = "60"
-    metrotec_path_login: str = "login"
-    metrotec_path_vehicles: str = "vehicles"
-    metrotec_path_routelog: str = "routelog"
-    metrotec_path_stops: str = "routelog/stops"
-    metrotec_path_refuels: str = "fuel/refuels"
-    metrotec_path_fuel_levels: str = "fuel/levels"
 
     @property
     def start_date(self) -> Parsed[date]:
@@ -231,7 +213,7 @@ class FleetSettings(BaseSettings):
     @property
     def lake_dir(self) -> Path | str:
         """An absolute local folder, or an object-store URL exactly as given."""
-        from pipelines.lake import is_object_store
+        from pipelines.object_store import is_object_store
 
         if is_object_store(self.fleet_lake_dir.strip()):
             return self.fleet_lake_dir.strip().rstrip("/")
@@ -278,10 +260,8 @@ def check(error: str | None, asset: str) -> None:
         raise InvalidSettingError(f"{error} (needed by {asset})")
 
 
-def require(value: str | SecretStr | None, variable: str, asset: str) -> str:
+def require(value: str | None, variable: str, asset: str) -> str:
     """Return a configured value or fail with the one line a user needs to fix it."""
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
     if value is None or not str(value).strip():
         raise MissingCredentialError(f"{variable} is not set (needed by {asset})")
     return str(value)

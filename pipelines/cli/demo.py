@@ -166,10 +166,10 @@ class DemoStep(NamedTuple):
 def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list[DemoStep]:
     """Every source for the days first..last, then dbt: the demo's order (shared with the
     analytics doc's reference build, which selects the dbt models without their tests)."""
-    from dagster import AssetKey
-
+    from pipelines.asset_metadata import raw_key
     from pipelines.cli import summaries
     from pipelines.cli.report import run_summary as report_run_summary
+    from pipelines.report.assets import REPORT_KEY
     from pipelines.sources.kt1 import assets as kt1_assets
     from pipelines.sources.metrotec import assets as metrotec_assets
 
@@ -181,7 +181,7 @@ def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list
         DemoStep(
             "avl-trips",
             "AVL trips",
-            [AssetKey(["raw", "avl", "trips"])],
+            [raw_key("avl", "trips")],
             day_range,
             summaries.avl_line,
         ),
@@ -202,7 +202,7 @@ def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list
         DemoStep(
             "autopi-exports",
             "AutoPi trip exports (land, then clear upstream)",
-            [AssetKey(["raw", "autopi", "trips"]), AssetKey(["raw", "autopi", "datapoints"])],
+            [raw_key("autopi", "trips"), raw_key("autopi", "datapoints")],
             None,
             summaries.autopi_line,
         ),
@@ -217,7 +217,7 @@ def demo_steps(first: date, last: date, dbt_selection: Any = "kind:dbt") -> list
         DemoStep(
             "report",
             "fleet report (one offline HTML page)",
-            [AssetKey("fleet_report")],
+            [REPORT_KEY],
             None,
             report_run_summary,
             # The period is the demo's days, not the default 28 (half of which would be empty).

@@ -24,6 +24,7 @@ from pipelines.sources.kt1.drain import DrainBusy, drain_lock
 from pipelines.state import Lease, StateStore, redact
 from pipelines.state import shared as shared_state
 from tests.conftest import SIM_NOW
+from tests.support.rate_limits import max_in_any_window
 
 REPO = Path(__file__).resolve().parents[2]
 N, WINDOW = 4, 2.0
@@ -33,11 +34,10 @@ CALLER = textwrap.dedent(
     import json, sys, time
     from datetime import datetime, timedelta
     from pathlib import Path
-    from pipelines.settings import get_settings
     from pipelines.sources.avl.resources import AvlResource
     count, out, go = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     # The configuration path of a real run: FLEET_STATE_URL -> the AVL resource's limiter.
-    resource = AvlResource.from_settings(get_settings()).process_config_and_initialize()
+    resource = AvlResource.from_env().process_config_and_initialize()
     client = resource.client("raw/avl/trips")
     Path(out + ".ready").touch()
     while not Path(go).exists():
@@ -57,16 +57,6 @@ def state_url(postgres_server, request) -> str:
     name = "state_" + request.node.name.lower().replace("[", "_").replace("]", "")[:40]
     postgres_server.execute(f'drop database if exists "{name}"')
     return postgres_server.url(postgres_server.create_database(name))
-
-
-def _max_in_any_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def test_three_processes_on_the_postgres_limiter_never_exceed_the_window_under_latency(
@@ -100,7 +90,7 @@ def test_three_processes_on_the_postgres_limiter_never_exceed_the_window_under_l
     assert server.rate_limited == 0  # the simulator refused nothing: no 429
     assert sum(s["api_requests"] for s in stats) == 12 == len(arrivals)
     assert sum(s["http_429s"] for s in stats) == 0
-    assert _max_in_any_window(arrivals, WINDOW) <= N
+    assert max_in_any_window(arrivals, WINDOW) <= N
     # 12 requests at 4 per 2 s need two full windows after the first burst, plus latency.
     assert wall >= 2 * WINDOW
     # The limiter's ledger is in Postgres, not in the lake or a local file.

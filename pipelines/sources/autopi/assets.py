@@ -39,28 +39,42 @@ from pipelines.asset_metadata import (
     OWNERS,
     landed_metadata,
     raw_definition_metadata,
+    raw_key,
     raw_tags,
 )
 from pipelines.http import VendorAPIError
 from pipelines.lake import QUARANTINE_TABLE, Lake
-from pipelines.resources import LakeResource, credential_failure
-from pipelines.settings import SettingError
+from pipelines.resources import LakeResource
 from pipelines.sources.autopi.drain import (
     DrainReport,
     drain_exports,
     request_reexports,
     waiting_exports,
 )
-from pipelines.sources.autopi.export import DATAPOINTS_SCHEMA, TRIPS_SCHEMA
 from pipelines.sources.autopi.landing import DATAPOINTS, EMPTY_DAY, SOURCE, TRIPS
 from pipelines.sources.autopi.resources import AutoPiResource
+from pipelines.sources.autopi.schemas import DATAPOINTS_SCHEMA, TRIPS_SCHEMA
 from pipelines.sources.autopi.state import ExportLedger
 from pipelines.state import lake_key
 
-TRIPS_KEY = AssetKey(["raw", "autopi", "trips"])
-DATAPOINTS_KEY = AssetKey(["raw", "autopi", "datapoints"])
+TRIPS_KEY = raw_key(SOURCE, TRIPS)
+DATAPOINTS_KEY = raw_key(SOURCE, DATAPOINTS)
 ASSET_NAME = "raw/autopi/trips"
 OP_NAME = "autopi_exports"
+DESCRIPTIONS = {
+    TRIPS: (
+        "One row per AutoPi trip export (the export's first line, typed, plus the task, result "
+        "hash and counts), in day=<UTC day of the trip start>, one file per trip so a "
+        "re-export replaces it. A trip object with a value that does not parse is quarantined "
+        "in autopi/quarantine/ instead."
+    ),
+    DATAPOINTS: (
+        "Every datapoint of every landed export, one file per trip: declared keys typed, every "
+        "other key kept in the `extra` JSON column. Malformed lines and lines with an "
+        "unparseable or non-finite value are quarantined in autopi/quarantine/day=<trip day>/"
+        "<trip_id>.parquet, never landed here."
+    ),
+}
 SENSOR_INTERVAL_S = 30  # AutoPi waits at least 10 minutes after a trip before exporting
 REREQUEST_AFTER_S = 600.0  # ask again for exports still waiting after this long
 LISTED = 20  # ids shown in metadata before "..."
@@ -72,7 +86,7 @@ QUARANTINE_HELP = (
     "<lake>/autopi/quarantine/day=<trip day>/<trip_id>.parquet with their reason, field, "
     "value and raw line (payload, line_number); the trip's other rows landed. To act: read "
     "the reasons; if the device or AutoPi sends them, fix it there (or, if the value is "
-    "valid, teach pipelines/sources/autopi/export.py to read it), then re-land the trip with "
+    "valid, teach pipelines/sources/autopi/columns.py to read it), then re-land the trip with "
     "`fleet autopi reexport TRIP_ID`: a clean re-landing removes its quarantine file."
 )
 
@@ -117,33 +131,15 @@ def build_autopi_exports() -> AssetsDefinition:
         name=OP_NAME,
         specs=[
             AssetSpec(
-                TRIPS_KEY,
+                raw_key(SOURCE, table),
                 group_name="autopi",
                 kinds={"python", "parquet"},
                 owners=OWNERS,
                 tags=raw_tags(SOURCE),
-                metadata=raw_definition_metadata(SOURCE, TRIPS, TRIPS_SCHEMA),
-                description=(
-                    "One row per AutoPi trip export (the export's first line, typed, plus the "
-                    "task, result hash and counts), in day=<UTC day of the trip start>, one "
-                    "file per trip so a re-export replaces it. A trip object with a value "
-                    "that does not parse is quarantined in autopi/quarantine/ instead."
-                ),
-            ),
-            AssetSpec(
-                DATAPOINTS_KEY,
-                group_name="autopi",
-                kinds={"python", "parquet"},
-                owners=OWNERS,
-                tags=raw_tags(SOURCE),
-                metadata=raw_definition_metadata(SOURCE, DATAPOINTS, DATAPOINTS_SCHEMA),
-                description=(
-                    "Every datapoint of every landed export, one file per trip: declared keys "
-                    "typed, every other key kept in the `extra` JSON column. Malformed lines "
-                    "and lines with an unparseable or non-finite value are quarantined in "
-                    "autopi/quarantine/day=<trip day>/<trip_id>.parquet, never landed here."
-                ),
-            ),
+                metadata=raw_definition_metadata(SOURCE, table, schema),
+                description=DESCRIPTIONS[table],
+            )
+            for table, schema in ((TRIPS, TRIPS_SCHEMA), (DATAPOINTS, DATAPOINTS_SCHEMA))
         ],
         check_specs=[
             AssetCheckSpec(
@@ -175,38 +171,31 @@ def build_autopi_exports() -> AssetsDefinition:
         autopi: AutoPiResource,
         lake: LakeResource,
     ) -> Iterator[Any]:
-        try:
-            client = autopi.client(ASSET_NAME)
-        except SettingError as exc:
-            raise credential_failure(exc) from None
         lake_ = lake.lake()
-        ledger = _ledger(lake)
         started = time.monotonic()
-        try:
-            tasks = None
-            refused: dict[str, str] = {}
-            if config.reexport_trip_ids:
-                tasks, refused = request_reexports(
+        with autopi.open_client(ASSET_NAME) as client, _ledger(lake) as ledger:
+            try:
+                tasks = None
+                refused: dict[str, str] = {}
+                if config.reexport_trip_ids:
+                    tasks, refused = request_reexports(
+                        client,
+                        config.reexport_trip_ids,
+                        wait_s=config.reexport_wait_s,
+                        log=context.log.info,
+                    )
+                report = drain_exports(
                     client,
-                    config.reexport_trip_ids,
-                    wait_s=config.reexport_wait_s,
-                    log=context.log.info,
+                    lake_,
+                    ledger,
+                    scratch_dir=scratch_dir(lake_),
+                    reprobe_window_s=autopi.reprobe_hours * 3600,
+                    extra_task_ids=config.task_ids,
+                    tasks=tasks,
+                    log=context.log.warning,
                 )
-            report = drain_exports(
-                client,
-                lake_,
-                ledger,
-                scratch_dir=scratch_dir(lake_),
-                reprobe_window_s=autopi.reprobe_hours * 3600,
-                extra_task_ids=config.task_ids,
-                tasks=tasks,
-                log=context.log.warning,
-            )
-        except VendorAPIError as exc:
-            raise Failure(description=str(exc), allow_retries=True) from None
-        finally:
-            client.close()
-            ledger.close()
+            except VendorAPIError as exc:
+                raise Failure(description=str(exc), allow_retries=True) from None
         context.log.info(
             f"AutoPi: {len(report.landed)} export(s) landed, {len(report.pending)} pending, "
             f"{len(report.gone)} gone, {len(report.failed)} failed "
@@ -314,7 +303,7 @@ def _results(
             "every datapoint key has a typed column"
             if not undeclared
             else f"{len(undeclared)} undeclared key(s) kept in `extra`; declare them in "
-            "pipelines/sources/autopi/export.py to type them"
+            "pipelines/sources/autopi/schemas.py (DECLARED) to type them"
         ),
         metadata={
             "undeclared_keys": json.dumps(undeclared),
@@ -361,15 +350,12 @@ def build_autopi_sensor(exports: AssetsDefinition) -> Any:
         context: SensorEvaluationContext, autopi: AutoPiResource, lake: LakeResource
     ) -> SensorResult | SkipReason:
         try:
-            client = autopi.client("autopi_exports_sensor")
-        except SettingError as exc:
-            return SkipReason(str(exc))
-        try:
-            tasks = client.export_tasks()
+            with autopi.open_client("autopi_exports_sensor") as client:
+                tasks = client.export_tasks()
+        except Failure as exc:  # a setting it lacks, in one line
+            return SkipReason(exc.description)
         except VendorAPIError as exc:
             return SkipReason(f"could not list AutoPi tasks: {exc}")
-        finally:
-            client.close()
         with _ledger(lake) as ledger:
             waiting = waiting_exports(tasks, ledger)
         cursor = _load_cursor(context.cursor)
@@ -419,4 +405,9 @@ def build_autopi_defs() -> Definitions:
             f"(ops.{OP_NAME}.config.reexport_trip_ids), wait for them and land them."
         ),
     )
-    return Definitions(assets=[exports], sensors=[build_autopi_sensor(exports)], jobs=[reexport])
+    return Definitions(
+        assets=[exports],
+        sensors=[build_autopi_sensor(exports)],
+        jobs=[reexport],
+        resources={"autopi": AutoPiResource.from_env()},
+    )

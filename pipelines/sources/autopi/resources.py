@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
-from pipelines.resources import SourceResource, secret
-from pipelines.settings import FleetSettings, first_error, require
+from pipelines.resources import SourceResource, Var
+from pipelines.settings import require
 from pipelines.sources.autopi.client import AutoPiClient
 
 
 class AutoPiResource(SourceResource):
     """AutoPi cloud API settings; the token arrives through `EnvVar`."""
+
+    ENV: ClassVar = {
+        "base_url": Var("AUTOPI_BASE_URL"),
+        "token": Var("AUTOPI_TOKEN", secret=True),
+    }
 
     base_url: str | None = None
     token: str | None = None
@@ -21,16 +28,6 @@ class AutoPiResource(SourceResource):
             "polls (a reopened trip is exported again under the same task id)."
         ),
     )
-
-    @classmethod
-    def from_settings(cls, settings: FleetSettings) -> AutoPiResource:
-        http, http_parsed = cls.http_settings(settings)
-        return cls(
-            **http,
-            base_url=settings.autopi_base_url,
-            token=secret("AUTOPI_TOKEN"),
-            setting_error=first_error(*http_parsed),
-        )
 
     def client(self, asset: str) -> AutoPiClient:
         """Raises `SettingError` naming the first unset or invalid variable."""

@@ -419,14 +419,14 @@ def serve_webhook(
     """What `fleet webhook` runs: serve until interrupted. Secret and ledger path default to
     `AUTOPI_WEBHOOK_SECRET` and the AutoPi ledger of FLEET_LAKE_DIR in FLEET_STATE_URL."""
     from pipelines.lake import Lake
-    from pipelines.settings import get_settings, load_env_file
+    from pipelines.settings import environment, get_settings, load_env_file
     from pipelines.state import StateStore
     from pipelines.state import shared as shared_state
 
     load_env_file()
     settings = get_settings()
-    if secret is None and settings.autopi_webhook_secret is not None:
-        secret = settings.autopi_webhook_secret.get_secret_value()
+    if secret is None:
+        secret = environment().get("AUTOPI_WEBHOOK_SECRET")
     if not secret:
         print(MissingCredentialError("AUTOPI_WEBHOOK_SECRET is not set (needed by fleet webhook)"))
         return 2

@@ -10,7 +10,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     AssetMaterialization,
     AssetsDefinition,
     BackfillPolicy,
@@ -35,21 +34,16 @@ from pipelines.asset_metadata import (
     day_figures,
     landed_metadata,
     raw_definition_metadata,
+    raw_key,
     raw_tags,
 )
-from pipelines.resources import LakeResource, credential_failure
-from pipelines.settings import SettingError
-from pipelines.sources.avl.extract import (
-    SOURCE,
-    TABLE,
-    TRIPS_SCHEMA,
-    AvlExtract,
-    GuardedLanding,
-    extract_trips,
-)
+from pipelines.resources import LakeResource
+from pipelines.sources.avl.extract import AvlExtract, extract_trips
+from pipelines.sources.avl.guard import GuardedLanding
 from pipelines.sources.avl.resources import AvlResource
+from pipelines.sources.avl.rows import SOURCE, TABLE, TRIPS_SCHEMA
 
-ASSET_KEY = AssetKey(["raw", "avl", "trips"])
+ASSET_KEY = raw_key(SOURCE, TABLE)
 ASSET_NAME = "raw/avl/trips"
 # Dagster's run tags for a single-run partition range (what a backfill of a range sets).
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -89,7 +83,9 @@ def build_avl_defs(partitions: DailyPartitionsDefinition) -> Definitions:
         warnings.simplefilter("ignore", BetaWarning)
         avl_trips = _build_asset(partitions)
     schedule_ = _build_schedule(avl_trips, partitions)
-    return Definitions(assets=[avl_trips], schedules=[schedule_])
+    return Definitions(
+        assets=[avl_trips], schedules=[schedule_], resources={"avl": AvlResource.from_env()}
+    )
 
 
 def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
@@ -137,19 +133,14 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
         avl: AvlResource,
         lake: LakeResource,
     ) -> MaterializeResult:
-        try:
+        with avl.open_client(ASSET_NAME) as client:
             zone = avl.zone
             devices = avl.device_ids
-            idle_min, duration_min = avl.idle_min, avl.duration_min
-            client = avl.client(ASSET_NAME)
-        except SettingError as exc:
-            raise credential_failure(exc) from None
-        days = partition_days(context)
-        context.log.info(
-            f"AVL trips for {days[0]}..{days[-1]} ({len(days)} days), tz {avl.timezone}"
-        )
-        landing = GuardedLanding(lake.lake(), devices, allow_narrower=config.allow_narrower)
-        try:
+            days = partition_days(context)
+            context.log.info(
+                f"AVL trips for {days[0]}..{days[-1]} ({len(days)} days), tz {avl.timezone}"
+            )
+            landing = GuardedLanding(lake.lake(), devices, allow_narrower=config.allow_narrower)
             result = extract_trips(
                 client,
                 days,
@@ -157,12 +148,10 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
                 land=landing.land,
                 quarantine=landing.quarantine,
                 devices=devices,
-                idle_min=idle_min,
-                duration_min=duration_min,
+                idle_min=avl.idle_min,
+                duration_min=avl.duration_min,
                 progress=context.log.info,
             )
-        finally:
-            client.close()
         _log_warnings(context, result)
         days_written = MetadataValue.json(sorted(d.isoformat() for d in landing.written))
         # The run's figures; each day's own rows, files and bytes override them on its

@@ -33,17 +33,17 @@ from pipelines.asset_metadata import (
     OWNERS,
     landed_metadata,
     raw_definition_metadata,
+    raw_key,
     raw_tags,
 )
 from pipelines.http import VendorAPIError
 from pipelines.lake import Lake
-from pipelines.resources import LakeResource, credential_failure
-from pipelines.settings import SettingError
+from pipelines.resources import LakeResource
 from pipelines.sources.kt1.drain import DrainBusy, DrainResult, drain_stream
-from pipelines.sources.kt1.extract import QUARANTINE, SCHEMAS, SOURCE, TABLES
 from pipelines.sources.kt1.resources import Kt1Resource
+from pipelines.sources.kt1.schemas import QUARANTINE, SCHEMAS, SOURCE, TABLES
 
-ASSET_KEYS = {table: AssetKey(["raw", SOURCE, table]) for table in TABLES}
+ASSET_KEYS = {table: raw_key(SOURCE, table) for table in TABLES}
 ASSET_NAME = "raw/kt1/*"
 POOL = "kt1_stream"
 QUEUE_TAG = "fleet/queue"
@@ -76,6 +76,7 @@ def build_kt1_defs() -> Definitions:
         assets=[drain],
         jobs=[job],
         schedules=[_build_schedule(job)],
+        resources={"kt1": Kt1Resource.from_env()},
     )
 
 
@@ -123,31 +124,26 @@ def _build_asset() -> AssetsDefinition:
         context: AssetExecutionContext, kt1: Kt1Resource, lake: LakeResource
     ) -> Iterator[MaterializeResult]:
         """Get → land → acknowledge until the queue is empty or KT1_DRAIN_SECONDS is spent."""
-        try:
-            client = kt1.client(ASSET_NAME)
-        except SettingError as exc:
-            raise credential_failure(exc) from None
         lake_ = lake.lake()
-        context.log.info(
-            f"kt1 drain: budget {kt1.drain_seconds:g}s, groups of ≤{kt1.group_max_batches} "
-            f"batches or ≤{kt1.group_max_age_s:g}s, acknowledged only after a durable write"
-        )
-        try:
-            result = drain_stream(
-                client,
-                lake_,
-                budget_s=kt1.drain_seconds,
-                group_max_batches=kt1.group_max_batches,
-                group_max_age_s=kt1.group_max_age_s,
-                progress=context.log.info,
+        with kt1.open_client(ASSET_NAME) as client:
+            context.log.info(
+                f"kt1 drain: budget {kt1.drain_seconds:g}s, groups of ≤{kt1.group_max_batches} "
+                f"batches or ≤{kt1.group_max_age_s:g}s, acknowledged only after a durable write"
             )
-        except DrainBusy as exc:
-            raise Failure(description=str(exc), allow_retries=False) from None
-        except VendorAPIError as exc:
-            # Every batch already in hand was landed and acknowledged before this surfaced.
-            raise Failure(description=str(exc)) from None
-        finally:
-            client.close()
+            try:
+                result = drain_stream(
+                    client,
+                    lake_,
+                    budget_s=kt1.drain_seconds,
+                    group_max_batches=kt1.group_max_batches,
+                    group_max_age_s=kt1.group_max_age_s,
+                    progress=context.log.info,
+                )
+            except DrainBusy as exc:
+                raise Failure(description=str(exc), allow_retries=False) from None
+            except VendorAPIError as exc:
+                # Every batch already in hand was landed and acknowledged before this surfaced.
+                raise Failure(description=str(exc)) from None
         if result.quarantined:
             context.log.warning(
                 f"{result.quarantined} kt1 items were quarantined instead of landed, in "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
-from pipelines.resources import SourceResource, secret
-from pipelines.settings import FleetSettings, Parsed, first_error, positive_seconds, require
+from pipelines.resources import SourceResource, Var
+from pipelines.settings import positive_seconds, require
 from pipelines.sources.kt1.client import REDELIVERY_S, SERVER_LONG_POLL_S, Kt1Client
 from pipelines.sources.kt1.drain import DEFAULT_GROUP_MAX_BATCHES
 
@@ -17,31 +19,18 @@ class Kt1Resource(SourceResource):
     only for a server that behaves differently (the simulator in tests).
     """
 
+    ENV: ClassVar = {
+        "base_url": Var("KT1_BASE_URL"),
+        "token": Var("KT1_TOKEN", secret=True),
+        "drain_seconds": Var("KT1_DRAIN_SECONDS", positive_seconds, "a number of seconds > 0"),
+    }
+
     base_url: str | None = None
     token: str | None = None
     drain_seconds: float = Field(default=240.0, gt=0)
     long_poll_s: float = Field(default=SERVER_LONG_POLL_S, gt=0)
     redelivery_s: float = Field(default=REDELIVERY_S, gt=0)
     group_max_batches: int = Field(default=DEFAULT_GROUP_MAX_BATCHES, ge=1)
-
-    @classmethod
-    def from_settings(cls, settings: FleetSettings) -> Kt1Resource:
-        """Parse the kt1 variables; a bad one is carried to the drain's runs."""
-        drain = Parsed.of(
-            "KT1_DRAIN_SECONDS",
-            settings.kt1_drain_seconds,
-            positive_seconds,
-            "a number of seconds > 0",
-            240.0,
-        )
-        http, http_parsed = cls.http_settings(settings)
-        return cls(
-            **http,
-            base_url=settings.kt1_base_url,
-            token=secret("KT1_TOKEN"),
-            drain_seconds=drain.value,
-            setting_error=first_error(drain, *http_parsed),
-        )
 
     @property
     def group_max_age_s(self) -> float:

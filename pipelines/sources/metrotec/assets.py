@@ -43,30 +43,24 @@ from pipelines.asset_metadata import (
     add_day_figures,
     landed_metadata,
     raw_definition_metadata,
+    raw_key,
     raw_tags,
 )
+from pipelines.atomic_files import WriteResult
 from pipelines.http import VendorAPIError
-from pipelines.lake import QUARANTINE_TABLE, Lake, WriteResult
-from pipelines.resources import LakeResource, credential_failure
-from pipelines.settings import SettingError
+from pipelines.lake import QUARANTINE_TABLE, Lake
+from pipelines.resources import LakeResource
 from pipelines.sources.metrotec.client import (
     MetrotecAuthError,
-    MetrotecClient,
     plan_windows,
 )
-from pipelines.sources.metrotec.extract import (
-    SOURCE,
-    SPECS,
-    TABLES,
-    TableResult,
-    extract_range,
-    quarantine_table,
-    type_vehicles,
-)
+from pipelines.sources.metrotec.extract import TableResult, extract_range
 from pipelines.sources.metrotec.resources import MetrotecResource
+from pipelines.sources.metrotec.rows import quarantine_table, type_vehicles
+from pipelines.sources.metrotec.specs import SOURCE, SPECS, TABLES
 
-VEHICLES_KEY = AssetKey(["raw", SOURCE, "vehicles"])
-TABLE_KEYS = {table: AssetKey(["raw", SOURCE, table]) for table in TABLES}
+VEHICLES_KEY = raw_key(SOURCE, "vehicles")
+TABLE_KEYS = {table: raw_key(SOURCE, table) for table in TABLES}
 POOL = "metrotec_api"
 GROUP = "metrotec"
 JOB_NAME = "metrotec_refresh"
@@ -151,15 +145,6 @@ def _failure(exc: VendorAPIError) -> Failure:
     return Failure(description=str(exc), allow_retries=not isinstance(exc, MetrotecAuthError))
 
 
-def _client(metrotec: MetrotecResource, key: AssetKey) -> MetrotecClient:
-    try:
-        return metrotec.client(_asset_name(key))
-    except SettingError as exc:
-        raise credential_failure(exc) from None
-    except ValueError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-
-
 def latest_vehicle_snapshot(lake: Lake) -> tuple[date, list[str]]:
     """Vehicle ids of the newest `raw/metrotec/vehicles` day in the lake."""
     latest = lake.newest_day(SOURCE, "vehicles")
@@ -195,7 +180,10 @@ def build_metrotec_defs(partitions: DailyPartitionsDefinition) -> Definitions:
         ),
     )
     return Definitions(
-        assets=[vehicles, activity], jobs=[job], schedules=[_build_schedule(partitions)]
+        assets=[vehicles, activity],
+        jobs=[job],
+        schedules=[_build_schedule(partitions)],
+        resources={"metrotec": MetrotecResource.from_env()},
     )
 
 
@@ -227,13 +215,11 @@ def _build_vehicles_asset() -> AssetsDefinition:
     def metrotec_vehicles(
         context: AssetExecutionContext, metrotec: MetrotecResource, lake: LakeResource
     ) -> MaterializeResult:
-        client = _client(metrotec, VEHICLES_KEY)
-        try:
-            rows = client.vehicles()
-        except VendorAPIError as exc:
-            raise _failure(exc) from None
-        finally:
-            client.close()
+        with metrotec.open_client(_asset_name(VEHICLES_KEY)) as client:
+            try:
+                rows = client.vehicles()
+            except VendorAPIError as exc:
+                raise _failure(exc) from None
         extracted_at = datetime.now(UTC)
         snapshot_day = extracted_at.date()
         typed = type_vehicles(rows, extracted_at)
@@ -334,16 +320,6 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
                 ),
                 allow_retries=False,
             )
-        try:
-            window_days = metrotec.checked_window_days()
-        except ValueError as exc:
-            raise Failure(description=str(exc), allow_retries=False) from None
-        client = _client(metrotec, first_key)
-        days = partition_days(context)
-        context.log.info(
-            f"Metrotec {', '.join(tables)} for {days[0]}..{days[-1]} ({len(days)} days), "
-            f"{len(vehicle_ids)} vehicles of the {snapshot_day} snapshot"
-        )
 
         landed: dict[str, dict[date, WriteResult]] = {table: {} for table in tables}
 
@@ -366,21 +342,26 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
                     f"D in {', '.join(str(d) for d in sorted(bad))}"
                 )
 
-        try:
-            results = extract_range(
-                client,
-                vehicle_ids,
-                days,
-                tables=tables,
-                land=land,
-                quarantine=quarantine,
-                window_days=window_days,
-                progress=context.log.info,
+        with metrotec.open_client(_asset_name(first_key)) as client:
+            window_days = metrotec.checked_window_days()
+            days = partition_days(context)
+            context.log.info(
+                f"Metrotec {', '.join(tables)} for {days[0]}..{days[-1]} ({len(days)} days), "
+                f"{len(vehicle_ids)} vehicles of the {snapshot_day} snapshot"
             )
-        except VendorAPIError as exc:
-            raise _failure(exc) from None
-        finally:
-            client.close()
+            try:
+                results = extract_range(
+                    client,
+                    vehicle_ids,
+                    days,
+                    tables=tables,
+                    land=land,
+                    quarantine=quarantine,
+                    window_days=window_days,
+                    progress=context.log.info,
+                )
+            except VendorAPIError as exc:
+                raise _failure(exc) from None
         windows = len(plan_windows(days, window_days))
         common = {
             "vehicles": len(vehicle_ids),
