@@ -31,7 +31,7 @@ from pydantic import Field
 from pipelines.asset_metadata import OWNERS
 from pipelines.report.build import DEFAULT_KEEP, build_report
 from pipelines.report.data import ReportOptions
-from pipelines.report.render import markdown_summary
+from pipelines.report.markdown import markdown_summary
 
 REPORT_KEY = AssetKey("fleet_report")
 MART_KEYS = [

@@ -95,7 +95,7 @@ def build_report(
     """
     # Imported here: `fleet` loads this module for every command, DuckDB and matplotlib are slow.
     from pipelines.facts import connect
-    from pipelines.report.data import collect
+    from pipelines.report.queries import collect
     from pipelines.report.render import render
 
     seconds: dict[str, float] = {}

@@ -8,10 +8,8 @@ formatted text people read.
 
 from __future__ import annotations
 
-import base64
 import html
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
 from datetime import datetime
 
 from pipelines.report import charts
@@ -22,10 +20,11 @@ from pipelines.report.data import (
     ReportData,
     VehicleCoverage,
 )
+from pipelines.report.kpis import NO_PREVIOUS, change, kpis, price_note
+from pipelines.report.text import money, number, percent, sources_text, utc
 
 DASH = "\u2013"
 """What an empty cell shows: nothing to say there (unknown values say "not known")."""
-NO_PREVIOUS = "no data in the period before"
 TOP_ROWS = 20
 """Rows of a vehicle table shown open; the rest fold away under a <details>."""
 TOP_IDLE_CHART = 15
@@ -82,47 +81,7 @@ footer { color: var(--muted); font-size: 12px; margin-top: 18px; }
 """
 
 
-@dataclass(frozen=True)
-class Kpi:
-    key: str
-    label: str
-    current: float | None
-    previous: float | None
-    format: Callable[[float | None], str]
-    better: int
-    """+1: up is good, -1: down is good, 0: neither."""
-    share: bool = False
-    """A share: its change is in percentage points."""
-    note: str = ""
-
-
-# --- formatting -------------------------------------------------------------------------------
-
-
-def number(value: float | None, digits: int = 0, unit: str = "") -> str:
-    """`1,234.5 km`; an unknown value says so rather than showing 0."""
-    if value is None:
-        return "not known"
-    text = f"{value:,.{digits}f}"
-    if text.startswith("-") and float(text.replace(",", "")) == 0:
-        text = text[1:]
-    return f"{text}\u202f{unit}" if unit else text
-
-
-def percent(value: float | None, digits: int = 1) -> str:
-    return "not known" if value is None else f"{value * 100:,.{digits}f}\u202f%"
-
-
-def money(value: float | None, currency: str) -> str:
-    return number(value, 2, currency) if value is not None else "not known"
-
-
-def utc(at: datetime | None) -> str:
-    return "unknown" if at is None else at.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def sources_text(sources: Iterable[str]) -> str:
-    return ", ".join(SOURCE_NAMES.get(s, s) for s in sources) or "none"
+# --- escaping ---------------------------------------------------------------------------------
 
 
 def _e(text: object) -> str:
@@ -151,8 +110,8 @@ def render(data: ReportData, written_at: datetime) -> str:
     title = f"Fleet report, {data.period}"
     header = (
         "<header>\n<h1>Fleet report</h1>\n"
-        f"<p>{data.period.days} days, <strong>{_e(data.period)}</strong>, compared with the "
-        f"{data.previous.days} days before ({_e(data.previous)})"
+        f"<p>{data.period.count} days, <strong>{_e(data.period)}</strong>, compared with the "
+        f"{data.previous.count} days before ({_e(data.previous)})"
         f"{'' if data.previous_vehicles or data.empty else ', which hold no data'}.</p>\n"
         f"<p>From the facts as of the build committed {_e(utc(data.facts_as_of))}; "
         f"written {_e(utc(written_at))}. All days and times are UTC.</p>\n</header>"
@@ -186,96 +145,6 @@ def empty_section(data: ReportData) -> str:
         '<section class="empty" id="empty">\n'
         f"<h2>No data for {_e(data.period)}</h2>\n<p>{_e(why)}</p>\n</section>"
     )
-
-
-def kpis(data: ReportData) -> list[Kpi]:
-    cur, prev, price = data.totals, data.previous_totals, data.price
-    cur_idle_cost = data.idle_cost(cur.idle_h)
-    prev_idle_cost = data.idle_cost(prev.idle_h)
-    currency = data.options.currency
-    cost_note = (
-        f"reported by the sources on {number(cur.reported_cost_km)} of {number(cur.km)} km"
-        if cur.reported_cost is not None
-        else "no source reported a cost"
-    )
-    out = [
-        Kpi("trips", "Trips", cur.trips, prev.trips, lambda v: number(v), 0),
-        Kpi("km", "Distance", cur.km, prev.km, lambda v: number(v, 0, "km"), 0),
-        Kpi("driving_h", "Driving time", cur.driving_h, prev.driving_h, _hours, 0),
-        Kpi("idle_h", "Idle time", cur.idle_h, prev.idle_h, _hours, -1),
-        Kpi(
-            "idle_share",
-            "Idle share of engine time",
-            cur.idle_share,
-            prev.idle_share,
-            percent,
-            -1,
-            share=True,
-        ),
-        Kpi(
-            "l_per_100km",
-            "Litres per 100 km",
-            cur.l_per_100km,
-            prev.l_per_100km,
-            lambda v: number(v, 1, "l/100\u202fkm"),
-            -1,
-            note=f"on the {number(cur.fuel_km)} km whose fuel is known",
-        ),
-        Kpi("fuel_l", "Fuel used", cur.fuel_l, prev.fuel_l, lambda v: number(v, 0, "l"), -1),
-        Kpi("refuels", "Refuels", cur.refuels, prev.refuels, lambda v: number(v), 0),
-        Kpi("refuel_l", "Litres refuelled", cur.refuel_l, prev.refuel_l, _litres, 0),
-        Kpi(
-            "fuel_cost",
-            "Fuel cost",
-            cur.reported_cost,
-            prev.reported_cost,
-            lambda v: money(v, currency),
-            -1,
-            note=cost_note,
-        ),
-        Kpi(
-            "idle_cost",
-            "Idle cost",
-            cur_idle_cost,
-            prev_idle_cost,
-            lambda v: money(v, currency),
-            -1,
-            note=_price_note(data) if price.per_l is not None else "no fuel price known",
-        ),
-        Kpi("vehicles", "Vehicles driving", cur.vehicles, prev.vehicles, lambda v: number(v), 0),
-    ]
-    if not data.previous_vehicles:  # nothing to compare with: not a fall to zero
-        return [replace(kpi, previous=None) for kpi in out]
-    return out
-
-
-def _hours(value: float | None) -> str:
-    return number(value, 0, "h")
-
-
-def _litres(value: float | None) -> str:
-    return number(value, 0, "l")
-
-
-def change(kpi: Kpi) -> tuple[str, str]:
-    """(text, css class) of the change from the previous period."""
-    if kpi.current is None or kpi.previous is None:
-        return "no comparison", "neutral"
-    if kpi.share:
-        delta = (kpi.current - kpi.previous) * 100
-        text = f"{delta:+.1f} pts"
-    elif kpi.previous == 0:
-        return ("new" if kpi.current else "no change"), "neutral"
-    else:
-        delta = (kpi.current - kpi.previous) / abs(kpi.previous) * 100
-        text = f"{delta:+.1f}\u202f%"
-    if abs(delta) < 0.05:
-        return "no change", "neutral"
-    arrow = "▲" if delta > 0 else "▼"
-    if kpi.better == 0:
-        return f"{arrow} {text}", "neutral"
-    good = (delta > 0) == (kpi.better > 0)
-    return f"{arrow} {text}", "better" if good else "worse"
 
 
 def kpi_section(data: ReportData) -> str:
@@ -366,17 +235,6 @@ def fuel_section(data: ReportData) -> str:
     )
 
 
-def _price_note(data: ReportData) -> str:
-    price = data.price
-    currency = data.options.currency
-    if price.origin == "configured":
-        return f"at the configured {number(price.per_l, 3, currency)} per litre"
-    return (
-        f"at {number(price.per_l, 3, currency)} per litre, the average price the sources put on "
-        "this period's trips (fuel cost over litres)"
-    )
-
-
 def idle_section(data: ReportData) -> str:
     options = data.options
     currency = options.currency
@@ -390,7 +248,7 @@ def idle_section(data: ReportData) -> str:
     else:
         assumption = (
             f"Idle cost: idle hours \u00d7 {number(options.idle_l_per_h, 2)} l an idling engine "
-            f"burns per hour \u00d7 {_e(_price_note(data))}. Both are assumptions; change them "
+            f"burns per hour \u00d7 {_e(price_note(data))}. Both are assumptions; change them "
             "in the asset's config (<code>idle_l_per_h</code>, <code>fuel_price_per_l</code>) "
             "or with <code>fleet report --idle-l-per-h --fuel-price</code>."
         )
@@ -500,7 +358,7 @@ def coverage_section(data: ReportData) -> str:
         + '<th class="num">trip reports</th><th class="num">trips, counted once</th>'
         '<th class="num">seen by 2+ sources</th></tr>'
     )
-    rows = [_coverage_row(c, sources, data.period.days) for c in data.coverage]
+    rows = [_coverage_row(c, sources, data.period.count) for c in data.coverage]
     reports = sum(c.trip_reports for c in data.coverage)
     counted = sum(c.trips_counted for c in data.coverage)
     grid = coverage_grid(data)
@@ -521,7 +379,7 @@ def coverage_section(data: ReportData) -> str:
         "<code>fct_trips.is_duplicate_of</code>).</p>\n"
         + _rows(rows, header, "vehicles")
         + '\n<p class="note">Per source: UTC days it reported the vehicle (a trip, a fuel '
-        f"event or an idle period) of the period's {data.period.days}, and its trip reports."
+        f"event or an idle period) of the period's {data.period.count}, and its trip reports."
         "</p>\n"
         f"{grid_html}\n</section>"
     )
@@ -546,7 +404,7 @@ def _coverage_row(c: VehicleCoverage, sources: Sequence[str], days: int) -> str:
 
 
 def coverage_grid(data: ReportData) -> str:
-    dates = data.period.dates()
+    dates = list(data.period.dates())
     head = "<tr><th class=v>vehicle</th>" + "".join(
         f'<th title="{d.isoformat()} UTC">{d.strftime("%d")}<br>{d.strftime("%b")}</th>'
         for d in dates
@@ -573,27 +431,3 @@ def footer(data: ReportData) -> str:
         f"costs {_e(data.options.currency)}; days and times UTC. What is in this report and how "
         "to change its period and assumptions: docs/report.md.</footer>"
     )
-
-
-# --- Dagster metadata -------------------------------------------------------------------------
-
-
-def markdown_summary(data: ReportData) -> str:
-    """The KPI table and the daily trend as Markdown with a small PNG inline (data: URI), for
-    the asset's materialization in the Dagster UI."""
-    if data.empty:
-        return f"**No data for {data.period}.**"
-    lines = [
-        f"**{data.period}** vs the {data.previous.days} days before",
-        "",
-        "| measure | this period | previous | change |",
-        "|---|---:|---:|---:|",
-    ]
-    for kpi in kpis(data):
-        text, _css = change(kpi) if data.previous_vehicles else (NO_PREVIOUS, "")
-        lines.append(
-            f"| {kpi.label} | {kpi.format(kpi.current)} | {kpi.format(kpi.previous)} | {text} |"
-        )
-    image = base64.b64encode(charts.png(charts.trend(data.daily, with_fuel=False))).decode()
-    lines += ["", f"![km and idle share per UTC day](data:image/png;base64,{image})"]
-    return "\n".join(lines).replace("\u202f", " ")

@@ -288,24 +288,16 @@ def test_the_asset_depends_on_the_marts_by_their_dbt_keys(built: Built) -> None:
 
 
 def test_kpis_match_sql_on_the_marts(page: Page, marts) -> None:
-    def counted(first: date, last: date) -> tuple:
-        return marts.execute(
-            "select count(*), sum(distance_km), sum(driving_s) / 3600, sum(idle_s) / 3600 "
-            "from fct_trips where is_duplicate_of is null "
-            "and started_at >= ? and started_at < ?",
-            bounds(first, last),
-        ).fetchone()
+    def in_days(query: str, at: str, first: date, last: date) -> tuple:
+        """The one row of `query` (its `where` ends open) over the instants `at` of first..last."""
+        return marts.execute(f"{query} and {at} >= ? and {at} < ?", bounds(first, last)).fetchone()
 
-    def refuels(first: date, last: date) -> tuple:
-        return marts.execute(
-            "select count(*), sum(volume_l) from fct_fuel_events "
-            "where event_type = 'refuel' and is_duplicate_of is null "
-            "and occurred_at >= ? and occurred_at < ?",
-            bounds(first, last),
-        ).fetchone()
-
-    trips, km, driving_h, idle_h = counted(*PERIOD)
-    prev_trips, prev_km, _, prev_idle_h = counted(*PREVIOUS)
+    counted = (
+        "select count(*), sum(distance_km), sum(driving_s) / 3600, sum(idle_s) / 3600 "
+        "from fct_trips where is_duplicate_of is null"
+    )
+    trips, km, driving_h, idle_h = in_days(counted, "started_at", *PERIOD)
+    prev_trips, prev_km, _, prev_idle_h = in_days(counted, "started_at", *PREVIOUS)
     assert trips > 50 and prev_trips > 50
     assert values(page, "trips")[:2] == (trips, prev_trips)
     assert values(page, "km")[0] == pytest.approx(km, abs=0.01)
@@ -314,7 +306,12 @@ def test_kpis_match_sql_on_the_marts(page: Page, marts) -> None:
     assert values(page, "idle_h")[0] == pytest.approx(idle_h, abs=0.01)
     assert values(page, "idle_h")[1] == pytest.approx(prev_idle_h, abs=0.01)
     assert values(page, "idle_share")[0] == pytest.approx(idle_h / (idle_h + driving_h), abs=1e-6)
-    n, litres = refuels(*PERIOD)
+    n, litres = in_days(
+        "select count(*), sum(volume_l) from fct_fuel_events "
+        "where event_type = 'refuel' and is_duplicate_of is null",
+        "occurred_at",
+        *PERIOD,
+    )
     assert n > 0 and values(page, "refuels")[0] == n
     assert values(page, "refuel_l")[0] == pytest.approx(litres, abs=0.01)
     # Litres per 100 km over the km whose fuel is known, per vehicle-day.
