@@ -30,6 +30,7 @@ dev-sim: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/sqlfluff lint dbt_models
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

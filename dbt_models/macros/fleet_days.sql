@@ -50,7 +50,9 @@
         {%- if column == 'day' or column.endswith('.day') -%}
             ({{ column }} >= date '{{ first }}' and {{ column }} < date '{{ end }}')
         {%- else -%}
-            ({{ column }} >= timestamptz '{{ first }} 00:00:00+00' and {{ column }} < timestamptz '{{ end }} 00:00:00+00')
+            {%- set since = "timestamptz '" ~ first ~ " 00:00:00+00'" -%}
+            {%- set until = "timestamptz '" ~ end ~ " 00:00:00+00'" -%}
+            ({{ column }} >= {{ since }} and {{ column }} < {{ until }})
         {%- endif -%}
     {%- endif -%}
 {%- endmacro %}

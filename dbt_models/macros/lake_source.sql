@@ -1,5 +1,6 @@
 {#- A raw lake table for a staging model: the `day=` folders of this build's days if the model
-    is daily (every day for a build of every day, or a model without a day), or, when none holds a file, an empty relation of the given shape:
+    is daily (every day for a build of every day, or a model without a day), or, when none
+    holds a file, an empty relation of the given shape:
     read_parquet fails on an empty glob, and one source not yet configured must not fail every
     model of the others. `empty_columns` maps column -> type. At parse time (`execute` false)
     the source() call is what records the lineage.
@@ -26,7 +27,9 @@
             {%- set probes = [] -%}
             {%- for day in days -%}
                 {%- set pattern = (table_dir ~ '/day=' ~ day ~ '/*.parquet') | replace("'", "''") -%}
-                {%- do probes.append("select '" ~ day ~ "' as day where exists (select 1 from glob('" ~ pattern ~ "'))") -%}
+                {%- do probes.append(
+                    "select '" ~ day ~ "' as day where exists (select 1 from glob('" ~ pattern ~ "'))"
+                ) -%}
             {%- endfor -%}
             {%- set query = probes | join(' union all ') -%}
         {%- else -%}
@@ -58,10 +61,6 @@
     {%- elif landed -%}
     select * from {{ source(source_name, table_name) }}
     {%- else -%}
-    select
-        {%- for name, type in empty_columns.items() %}
-        cast(null as {{ type }}) as {{ name }}{{ "," if not loop.last }}
-        {%- endfor %}
-    where false
+    {{ empty_relation(empty_columns) }}
     {%- endif -%}
 {%- endmacro %}

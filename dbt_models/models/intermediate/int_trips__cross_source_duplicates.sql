@@ -6,20 +6,28 @@
 -- the day before to the day after (trips are under a day long).
 {{ daily_table('started_at') }}
 
-with trips as (
+with unioned as (
+    select * from {{ ref('int_trips__unioned') }}
+    where {{ in_days('started_at', 1, 1) }}
+),
+
+vehicles as (
+    select * from {{ ref('int_vehicle_identities') }}
+),
+
+trips as (
     select
-        trips.trip_id,
-        trips.source,
-        trips.started_at,
-        coalesce(trips.ended_at, trips.started_at + to_seconds(coalesce(trips.duration_s, 0)))
+        unioned.trip_id,
+        unioned.source,
+        unioned.started_at,
+        coalesce(unioned.ended_at, unioned.started_at + to_seconds(coalesce(unioned.duration_s, 0)))
             as ended_at,
         vehicles.vehicle_id,
-        {{ source_rank('trips.source') }} as source_rank
-    from {{ ref('int_trips__unioned') }} as trips
-    inner join {{ ref('int_vehicle_identities') }} as vehicles
-        on vehicles.source = trips.source
-        and vehicles.source_vehicle_id = trips.source_vehicle_id
-    where {{ in_days('trips.started_at', 1, 1) }}
+        {{ source_rank('unioned.source') }} as source_rank
+    from unioned
+    inner join vehicles
+        on vehicles.source = unioned.source
+        and vehicles.source_vehicle_id = unioned.source_vehicle_id
 ),
 
 -- Each trip under every UTC day it spans: overlapping trips share a day, so comparing only
@@ -48,7 +56,7 @@ overlapping as (
         and primary_copy.day_number = copy.day_number
         and primary_copy.source_rank < copy.source_rank
         and primary_copy.started_at < copy.ended_at
-        and copy.started_at < primary_copy.ended_at
+        and primary_copy.ended_at > copy.started_at
     where
         epoch(least(copy.ended_at, primary_copy.ended_at))
         - epoch(greatest(copy.started_at, primary_copy.started_at))
@@ -65,9 +73,10 @@ final as (
     select trip_id, is_duplicate_of, copy_started_at as started_at
     from overlapping
     where {{ in_days('copy_started_at') }}
-    qualify row_number() over (
-        partition by trip_id order by source_rank, started_at, is_duplicate_of
-    ) = 1
+    qualify
+        row_number() over (
+            partition by trip_id order by source_rank, started_at, is_duplicate_of
+        ) = 1
 )
 
 select * from final

@@ -1,9 +1,26 @@
 -- Trips of every source in one shape, before vehicle identities are resolved.
--- A source adds its conformed model `int_<source>__trips` (same columns, same order) with one
--- `union all` line at the marker below.
+-- A source adds its conformed model `int_<source>__trips` (same columns, same order) as an
+-- import CTE and one `union all` line at the marker below.
 -- A view: a union of tables costs its few readers less than writing it again each run.
 {{ config(materialized='view', event_time='started_at') }}
-with avl as (
+
+with avl_trips as (
+    select * from {{ ref('stg_avl__trips') }}
+),
+
+kt1 as (
+    select * from {{ ref('int_kt1__trips') }}
+),
+
+metrotec as (
+    select * from {{ ref('int_metrotec__trips') }}
+),
+
+autopi as (
+    select * from {{ ref('int_autopi__trips') }}
+),
+
+avl as (
     select
         avl_trip_id as trip_id,
         'avl' as source,
@@ -26,15 +43,15 @@ with avl as (
         end_lat,
         end_lon,
         end_address
-    from {{ ref('stg_avl__trips') }}
+    from avl_trips
 ),
 
 final as (
     select * from avl
-    union all select * from {{ ref('int_kt1__trips') }}
-    union all select * from {{ ref('int_metrotec__trips') }}
-    union all select * from {{ ref('int_autopi__trips') }}
-    -- sources: union all select * from ref('int_<source>__trips')
+    union all select * from kt1
+    union all select * from metrotec
+    union all select * from autopi
+    -- sources: union all select * from <source>
 )
 
 select * from final

@@ -7,15 +7,27 @@ with trips as (
     where {{ in_days('started_at', 1, 1) }}
 ),
 
+fuel_events as (
+    select * from {{ ref('fct_fuel_events') }}
+    -- Another source's copy of a refuel already counted.
+    where event_type = 'refuel' and is_duplicate_of is null and {{ in_days('occurred_at') }}
+),
+
+vehicles as (
+    select * from {{ ref('dim_vehicles') }}
+),
+
+tanks as (
+    select * from {{ ref('autopi_vehicle_tanks') }}
+),
+
 refuels as (
     select
         cast(occurred_at at time zone 'UTC' as date) as day,
         vehicle_id,
         count(*) as refuels,
         {{ exact_sum('volume_l') }} as refuel_l
-    from {{ ref('fct_fuel_events') }}
-    -- Another source's copy of a refuel already counted.
-    where event_type = 'refuel' and is_duplicate_of is null and {{ in_days('occurred_at') }}
+    from fuel_events
     group by 1, 2
 ),
 
@@ -23,12 +35,12 @@ refuels as (
 -- refuels come from level jumps): for them "no refuel" is 0, for others NULL.
 refuel_covered as (
     select distinct vehicle_id
-    from {{ ref('dim_vehicles') }}
+    from vehicles
     where source in ({{ "'" ~ var('refuel_sources') | join("', '") ~ "'" }})
     union
     select distinct vehicles.vehicle_id
-    from {{ ref('dim_vehicles') }} as vehicles
-    inner join {{ ref('autopi_vehicle_tanks') }} as tanks
+    from vehicles
+    inner join tanks
         on tanks.source_vehicle_id = vehicles.source_vehicle_id
     where vehicles.source = 'autopi'
 ),

@@ -20,6 +20,10 @@ readings as (
     where first_level_pct is not null
 ),
 
+tanks as (
+    select * from {{ ref('autopi_vehicle_tanks') }}
+),
+
 steps as (
     select
         trips.source_vehicle_id,
@@ -33,14 +37,12 @@ steps as (
     window by_trip as (partition by trips.source_vehicle_id order by trips.started_at)
 ),
 
-tanks as (
-    select * from {{ ref('autopi_vehicle_tanks') }}
-),
-
 final as (
     select
-        md5('autopi|' || steps.source_vehicle_id || '|' || strftime(steps.before_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%S.%f'))
-            as fuel_event_id,
+        md5(
+            'autopi|' || steps.source_vehicle_id || '|'
+            || strftime(steps.before_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%S.%f')
+        ) as fuel_event_id,
         'autopi' as source,
         steps.source_vehicle_id,
         steps.before_at as occurred_at,

@@ -49,8 +49,10 @@ long_enough as (
 
 final as (
     select
-        md5('autopi|' || long_enough.source_trip_id || '|' || strftime(long_enough.started_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%S.%f'))
-            as idle_period_id,
+        md5(
+            'autopi|' || long_enough.source_trip_id || '|'
+            || strftime(long_enough.started_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%S.%f')
+        ) as idle_period_id,
         'autopi' as source,
         trips.source_vehicle_id,
         long_enough.started_at,

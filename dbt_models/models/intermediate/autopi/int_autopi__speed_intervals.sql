@@ -24,13 +24,15 @@ positions as (
     from points
     where lat is not null and lon is not null
     -- one fix per instant (the later line), so a tie never picks a fix at random
-    qualify row_number() over (
-        partition by source_trip_id, recorded_at order by line_no desc
-    ) = 1
+    qualify
+        row_number() over (
+            partition by source_trip_id, recorded_at order by line_no desc
+        ) = 1
 ),
 
 obd_trips as (
-    select distinct source_trip_id from points where speed_kmh is not null
+    select distinct source_trip_id from points
+    where speed_kmh is not null
 ),
 
 speeds as (
@@ -38,14 +40,20 @@ speeds as (
     from points
     where speed_kmh is not null
     union all
-    select points.source_trip_id, points.line_no, points.recorded_at, points.gps_speed_kmh, 'gps'
+    select
+        points.source_trip_id,
+        points.line_no,
+        points.recorded_at,
+        points.gps_speed_kmh as speed_kmh,
+        'gps' as speed_source
     from points
     anti join obd_trips on obd_trips.source_trip_id = points.source_trip_id
     where points.gps_speed_kmh is not null
 ),
 
 rpms as (
-    select source_trip_id, recorded_at, rpm from points where rpm is not null
+    select source_trip_id, recorded_at, rpm from points
+    where rpm is not null
 ),
 
 engine_events as (
@@ -67,13 +75,13 @@ readings as (
     from speeds
     asof left join rpms
         on rpms.source_trip_id = speeds.source_trip_id
-        and speeds.recorded_at >= rpms.recorded_at
+        and rpms.recorded_at <= speeds.recorded_at
     asof left join engine_events
         on engine_events.source_trip_id = speeds.source_trip_id
-        and speeds.recorded_at >= engine_events.recorded_at
+        and engine_events.recorded_at <= speeds.recorded_at
     asof left join positions
         on positions.source_trip_id = speeds.source_trip_id
-        and speeds.recorded_at >= positions.recorded_at
+        and positions.recorded_at <= speeds.recorded_at
 ),
 
 intervals as (

@@ -25,7 +25,7 @@ typed as (
     from events
 ),
 
-final as (
+conformed as (
     select
         md5('kt1|' || source_event_id) as fuel_event_id,
         'kt1' as source,
@@ -39,8 +39,13 @@ final as (
         lon,
         address
     from typed
+),
+
+final as (
+    select *
+    from conformed
+    -- A "refuel" whose level did not rise is a sensor artefact; one with unknown volume stays.
+    where (volume_l is null or volume_l > 0) and {{ in_days('occurred_at') }}
 )
 
 select * from final
--- A "refuel" whose level did not rise is a sensor artefact; one with unknown volume stays.
-where (volume_l is null or volume_l > 0) and {{ in_days('occurred_at') }}

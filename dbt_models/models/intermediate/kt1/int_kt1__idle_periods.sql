@@ -19,12 +19,9 @@
 {%- set min_idle_s = 60 %}
 {%- set max_gap_s = 300 %}
 
-with measured as (
-    {{ kt1_measured_idling(in_days('day', 1, 1)) }}
-),
-
-event_assets as (
-    select distinct asset_id from ({{ kt1_measured_idling() }})
+with idling_events as (
+    select * from {{ ref('stg_kt1__events') }}
+    where event_class = 'idle' and event_type = 'idling'
 ),
 
 telemetry as (
@@ -37,8 +34,44 @@ telemetry as (
         lon,
         address
     from {{ ref('stg_kt1__telemetry') }}
-    anti join event_assets using (asset_id)
     where {{ in_days('day', 1, 1) }}
+),
+
+trips as (
+    select trip_id, source_vehicle_id, started_at, ended_at from {{ ref('int_kt1__trips') }}
+    where {{ in_days('started_at', 2, 0) }}
+),
+
+idling as (
+    select
+        source_vehicle_id as asset_id,
+        try_cast(json_extract_string(details, '$.dateStart') as timestamptz) as started_at,
+        try_cast(json_extract_string(details, '$.dateEnd') as timestamptz) as ended_at,
+        lat,
+        lon,
+        address,
+        day
+    from idling_events
+),
+
+-- The idling events that measured a period (dateStart before dateEnd), on every lake day.
+measured_every_day as (
+    select * from idling
+    where started_at is not null and ended_at > started_at
+),
+
+measured as (
+    select * from measured_every_day
+    where {{ in_days('day', 1, 1) }}
+),
+
+event_assets as (
+    select distinct asset_id from measured_every_day
+),
+
+unmeasured_telemetry as (
+    select telemetry.* from telemetry
+    anti join event_assets using (asset_id)
 ),
 
 flagged as (
@@ -47,7 +80,7 @@ flagged as (
         coalesce(is_active and speed_kmh = 0, false) as is_idle,
         lag(recorded_at) over by_time as prev_recorded_at,
         lead(recorded_at) over by_time as next_recorded_at
-    from telemetry
+    from unmeasured_telemetry
     window by_time as (partition by asset_id order by recorded_at)
 ),
 
@@ -101,11 +134,6 @@ periods as (
     select asset_id, started_at, ended_at, lat, lon, address from derived
 ),
 
-trips as (
-    select trip_id, source_vehicle_id, started_at, ended_at from {{ ref('int_kt1__trips') }}
-    where {{ in_days('started_at', 2, 0) }}
-),
-
 long_enough as (
     select *, cast(started_at at time zone 'UTC' as date) as day
     from periods
@@ -137,9 +165,10 @@ earlier_trip as (
         and trips.started_at <= latest_trip.started_at
         and latest_trip.started_at <= coalesce(trips.ended_at, latest_trip.started_at)
     where not latest_trip.in_latest_trip
-    qualify row_number() over (
-        partition by latest_trip.asset_id, latest_trip.started_at order by trips.started_at desc
-    ) = 1
+    qualify
+        row_number() over (
+            partition by latest_trip.asset_id, latest_trip.started_at order by trips.started_at desc
+        ) = 1
 ),
 
 final as (
@@ -162,9 +191,10 @@ final as (
     left join earlier_trip
         on earlier_trip.asset_id = periods.asset_id
         and earlier_trip.started_at = periods.started_at
-    qualify row_number() over (
-        partition by periods.asset_id, periods.started_at order by periods.ended_at desc
-    ) = 1
+    qualify
+        row_number() over (
+            partition by periods.asset_id, periods.started_at order by periods.ended_at desc
+        ) = 1
 )
 
 select * from final

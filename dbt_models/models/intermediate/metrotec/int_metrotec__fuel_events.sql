@@ -9,6 +9,12 @@ with refuels as (
     where {{ in_days('day', 1, 1) }} and {{ in_days('started_at') }}
 ),
 
+fixes as (
+    select source_vehicle_id, recorded_at, lat, lon, day
+    from {{ ref('stg_metrotec__fuel_levels') }}
+    where lat is not null and lon is not null and {{ in_days('day', 1, 0) }}
+),
+
 -- Only the readings of a refuelling vehicle on the UTC day of the refuel or of the hour before
 -- it: the one used lies within that hour, so the answer is the same, without ordering a year
 -- of readings for a few thousand refuels. Matched on the lake day (the reading's UTC date).
@@ -17,32 +23,23 @@ refuel_days as (
     from refuels
     union
     select distinct
-        source_vehicle_id, cast((started_at - interval 1 hour) at time zone 'UTC' as date)
+        source_vehicle_id, cast((started_at - interval 1 hour) at time zone 'UTC' as date) as on_day
     from refuels
 ),
 
 positions as (
-    select readings.source_vehicle_id, readings.recorded_at, readings.lat, readings.lon
-    from {{ ref('stg_metrotec__fuel_levels') }} as readings
+    select fixes.source_vehicle_id, fixes.recorded_at, fixes.lat, fixes.lon
+    from fixes
     semi join refuel_days
-        on refuel_days.source_vehicle_id = readings.source_vehicle_id
-        and refuel_days.on_day = readings.day
-    where readings.lat is not null and readings.lon is not null and {{ in_days('readings.day', 1, 0) }}
+        on refuel_days.source_vehicle_id = fixes.source_vehicle_id
+        and refuel_days.on_day = fixes.day
 ),
 
 located as (
-    select
-        refuels.*,
-        case
-            when positions.recorded_at >= refuels.started_at - interval 1 hour then positions.lat
-        end as lat,
-        case
-            when positions.recorded_at >= refuels.started_at - interval 1 hour then positions.lon
-        end as lon
-    from refuels
-    asof left join positions
-        on positions.source_vehicle_id = refuels.source_vehicle_id
-        and positions.recorded_at <= refuels.started_at
+    {{ latest_reading(
+        'refuels', 'positions',
+        at='refuels.started_at', since='refuels.started_at - interval 1 hour', columns=['lat', 'lon'],
+    ) }}
 ),
 
 final as (

@@ -12,6 +12,18 @@ with stops as (
     where is_engine_running and {{ in_days('day') }}
 ),
 
+routelog as (
+    select source_trip_id, source_vehicle_id, started_at, ended_at
+    from {{ ref('stg_metrotec__routelog') }}
+    where {{ in_days('started_at', 2, 1) }}
+),
+
+fixes as (
+    select source_vehicle_id, recorded_at, lat, lon, address
+    from {{ ref('stg_metrotec__fuel_levels') }}
+    where lat is not null and lon is not null and {{ in_days('recorded_at', 2, 1) }}
+),
+
 reach as (
     select
         min(started_at) - interval 1 day as reach_from,
@@ -26,33 +38,25 @@ trips as (
         source_vehicle_id,
         started_at,
         ended_at
-    from {{ ref('stg_metrotec__routelog') }}
+    from routelog
     {%- if fleet_window() is not none %}
-    where {{ in_days('started_at', 2, 1) }}
-        and started_at between (select reach_from from reach) and (select reach_to from reach)
+        where started_at between (select reach.reach_from from reach) and (select reach.reach_to from reach)
     {%- endif %}
 ),
 
 positions as (
-    select source_vehicle_id, recorded_at, lat, lon, address
-    from {{ ref('stg_metrotec__fuel_levels') }}
-    where lat is not null and lon is not null
+    select *
+    from fixes
     {%- if fleet_window() is not none %}
-        and {{ in_days('recorded_at', 2, 1) }}
-        and recorded_at between (select reach_from from reach) and (select reach_to from reach)
+        where recorded_at between (select reach.reach_from from reach) and (select reach.reach_to from reach)
     {%- endif %}
 ),
 
 located as (
-    select
-        stops.*,
-        case when positions.recorded_at >= stops.started_at then positions.lat end as lat,
-        case when positions.recorded_at >= stops.started_at then positions.lon end as lon,
-        case when positions.recorded_at >= stops.started_at then positions.address end as address
-    from stops
-    asof left join positions
-        on positions.source_vehicle_id = stops.source_vehicle_id
-        and positions.recorded_at <= stops.engine_stopped_at
+    {{ latest_reading(
+        'stops', 'positions',
+        at='stops.engine_stopped_at', since='stops.started_at', columns=['lat', 'lon', 'address'],
+    ) }}
 ),
 
 in_trip as (

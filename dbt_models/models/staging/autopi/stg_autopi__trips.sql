@@ -36,6 +36,7 @@ with source as (
 
 renamed as (
     select
+        md5('autopi|' || trip_id) as autopi_trip_id,
         trip_id as source_trip_id,
         device_id as source_vehicle_id,
         vehicle_id as autopi_vehicle_id,
@@ -62,17 +63,8 @@ renamed as (
     from source
 ),
 
-latest as (
-    select *
-    from renamed
-    qualify row_number() over (partition by source_trip_id order by landed_at desc) = 1
-),
-
 final as (
-    select
-        md5('autopi|' || source_trip_id) as autopi_trip_id,
-        *
-    from latest
+    {{ latest_landing('renamed', 'source_trip_id', 'landed_at desc') }}
 )
 
 select * from final

@@ -29,6 +29,14 @@ with source as (
 
 typed as (
     select
+        md5(
+            'avl|' || device_name || '|'
+            || strftime(cast(trip_start as timestamptz) at time zone 'UTC', '%Y-%m-%dT%H:%M:%S')
+        ) as avl_trip_id,
+        device_name || '|'
+        || strftime(cast(trip_start as timestamptz) at time zone 'UTC', '%Y-%m-%dT%H:%M:%SZ')
+            as source_trip_id,
+        device_name as source_vehicle_id,
         device_name,
         cast(trip_start as timestamptz) as started_at,
         cast(trip_end as timestamptz) as ended_at,
@@ -61,23 +69,8 @@ typed as (
     from source
 ),
 
-deduplicated as (
-    select *
-    from typed
-    qualify row_number() over (
-        partition by device_name, started_at order by extracted_at desc
-    ) = 1
-),
-
 final as (
-    select
-        md5('avl|' || device_name || '|' || strftime(started_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%S'))
-            as avl_trip_id,
-        device_name || '|' || strftime(started_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%SZ')
-            as source_trip_id,
-        device_name as source_vehicle_id,
-        *
-    from deduplicated
+    {{ latest_landing('typed', 'device_name, started_at', 'extracted_at desc') }}
 )
 
 select * from final

@@ -2,10 +2,18 @@
 -- A view over two staging tables: it picks each asset's newest name across days.
 {{ config(materialized='view') }}
 
-with named as (
-    select asset_id, asset_name, recorded_at as seen_at from {{ ref('stg_kt1__telemetry') }}
+with telemetry as (
+    select * from {{ ref('stg_kt1__telemetry') }}
+),
+
+trips as (
+    select * from {{ ref('stg_kt1__trips') }}
+),
+
+named as (
+    select asset_id, asset_name, recorded_at as seen_at from telemetry
     union all
-    select source_vehicle_id, asset_name, started_at from {{ ref('stg_kt1__trips') }}
+    select source_vehicle_id, asset_name, started_at from trips
 ),
 
 final as (

@@ -18,35 +18,20 @@ with source as (
 
 typed as (
     select
+        md5(
+            'kt1|' || doc_id || '|' || coalesce(doc_type, '') || '|' || operation || '|'
+            || cast(epoch_us(cast(date as timestamptz)) as varchar)
+        ) as kt1_change_id,
         doc_id,
         doc_type,
         operation,
         cast(date as timestamptz) as changed_at,
-        batch_id,
-        item_index,
-        cast(fetched_at as timestamptz) as fetched_at,
-        cast(landed_at as timestamptz) as landed_at,
-        cast(day as date) as day
+        {{ kt1_landing_columns() }}
     from source
 ),
 
-deduplicated as (
-    select *
-    from typed
-    qualify row_number() over (
-        partition by doc_id, doc_type, operation, changed_at
-        order by landed_at desc, fetched_at desc, item_index desc
-    ) = 1
-),
-
 final as (
-    select
-        md5(
-            'kt1|' || doc_id || '|' || coalesce(doc_type, '') || '|' || operation || '|'
-            || cast(epoch_us(changed_at) as varchar)
-        ) as kt1_change_id,
-        *
-    from deduplicated
+    {{ latest_landing('typed', 'doc_id, doc_type, operation, changed_at') }}
 )
 
 select * from final

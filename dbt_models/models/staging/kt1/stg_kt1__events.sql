@@ -25,6 +25,7 @@ with source as (
 
 typed as (
     select
+        md5('kt1|' || id) as kt1_event_id,
         id as source_event_id,
         asset_id as source_vehicle_id,
         origin as origin_id,
@@ -36,28 +37,12 @@ typed as (
         lon,
         address,
         json_extract(item_json, '$.details') as details,
-        batch_id,
-        item_index,
-        cast(fetched_at as timestamptz) as fetched_at,
-        cast(landed_at as timestamptz) as landed_at,
-        cast(day as date) as day
+        {{ kt1_landing_columns() }}
     from source
 ),
 
-deduplicated as (
-    select *
-    from typed
-    qualify row_number() over (
-        partition by source_event_id
-        order by landed_at desc, fetched_at desc, item_index desc
-    ) = 1
-),
-
 final as (
-    select
-        md5('kt1|' || source_event_id) as kt1_event_id,
-        *
-    from deduplicated
+    {{ latest_landing('typed', 'source_event_id') }}
 )
 
 select * from final

@@ -32,6 +32,8 @@ with source as (
 
 typed as (
     select
+        md5('kt1|' || origin_id || '|' || cast(epoch_us(cast(date as timestamptz)) as varchar))
+            as telemetry_id,
         origin_id,
         origin_name,
         asset_id,
@@ -49,28 +51,12 @@ typed as (
         counters_odometer as device_odometer_counter_m,
         counters_odo_counter as device_distance_counter_m,
         counters_engine_hours as device_engine_hours,
-        batch_id,
-        item_index,
-        cast(fetched_at as timestamptz) as fetched_at,
-        cast(landed_at as timestamptz) as landed_at,
-        cast(day as date) as day
+        {{ kt1_landing_columns() }}
     from source
 ),
 
-deduplicated as (
-    select *
-    from typed
-    qualify row_number() over (
-        partition by origin_id, recorded_at
-        order by landed_at desc, fetched_at desc, item_index desc
-    ) = 1
-),
-
 final as (
-    select
-        md5('kt1|' || origin_id || '|' || cast(epoch_us(recorded_at) as varchar)) as telemetry_id,
-        *
-    from deduplicated
+    {{ latest_landing('typed', 'origin_id, recorded_at') }}
 )
 
 select * from final

@@ -31,6 +31,7 @@ with source as (
 
 typed as (
     select
+        md5('kt1|' || id) as kt1_trip_id,
         id as source_trip_id,
         asset_id as source_vehicle_id,
         asset_name,
@@ -48,29 +49,14 @@ typed as (
         end_lat,
         end_lon,
         end_address,
-        batch_id,
-        item_index,
-        cast(fetched_at as timestamptz) as fetched_at,
-        cast(landed_at as timestamptz) as landed_at,
-        cast(day as date) as day
+        {{ kt1_landing_columns() }},
+        date_diff('second', cast(date_start as timestamptz), cast(date_end as timestamptz))
+            as duration_s
     from source
 ),
 
-deduplicated as (
-    select *
-    from typed
-    qualify row_number() over (
-        partition by source_trip_id
-        order by landed_at desc, fetched_at desc, item_index desc
-    ) = 1
-),
-
 final as (
-    select
-        md5('kt1|' || source_trip_id) as kt1_trip_id,
-        *,
-        date_diff('second', started_at, ended_at) as duration_s
-    from deduplicated
+    {{ latest_landing('typed', 'source_trip_id') }}
 )
 
 select * from final

@@ -19,6 +19,10 @@ with source as (
 
 renamed as (
     select
+        md5(
+            "objectID" || '|'
+            || strftime(cast("GMTime" as timestamptz) at time zone 'UTC', '%Y-%m-%dT%H:%M:%S')
+        ) as fuel_reading_id,
         "objectID" as source_vehicle_id,
         cast("GMTime" as timestamptz) as recorded_at,
         fuel as fuel_raw,
@@ -36,20 +40,8 @@ renamed as (
 ),
 
 -- Two readings in one second are one reading for every use downstream; keep the fresher.
-deduplicated as (
-    select *
-    from renamed
-    qualify row_number() over (
-        partition by source_vehicle_id, recorded_at order by extracted_at desc, level desc nulls last
-    ) = 1
-),
-
 final as (
-    select
-        md5(source_vehicle_id || '|' || strftime(recorded_at at time zone 'UTC', '%Y-%m-%dT%H:%M:%S'))
-            as fuel_reading_id,
-        *
-    from deduplicated
+    {{ latest_landing('renamed', 'source_vehicle_id, recorded_at', 'extracted_at desc, level desc nulls last') }}
 )
 
 select * from final

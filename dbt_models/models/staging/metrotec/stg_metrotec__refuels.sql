@@ -37,9 +37,7 @@ renamed as (
 ),
 
 deduplicated as (
-    select *
-    from renamed
-    qualify row_number() over (partition by source_refuel_id order by extracted_at desc) = 1
+    {{ latest_landing('renamed', 'source_refuel_id', 'extracted_at desc') }}
 ),
 
 final as (

@@ -49,9 +49,7 @@ renamed as (
 -- A trip is landed in the partition of its start day; the window guards against a copy left
 -- by an earlier landing under another layout.
 final as (
-    select *
-    from renamed
-    qualify row_number() over (partition by source_trip_id order by extracted_at desc) = 1
+    {{ latest_landing('renamed', 'source_trip_id', 'extracted_at desc') }}
 )
 
 select * from final

@@ -44,9 +44,7 @@ renamed as (
 ),
 
 final as (
-    select *
-    from renamed
-    qualify row_number() over (partition by source_stop_id order by extracted_at desc) = 1
+    {{ latest_landing('renamed', 'source_stop_id', 'extracted_at desc') }}
 )
 
 select * from final

@@ -41,9 +41,10 @@ final as (
         *,
         snapshot_day = max(snapshot_day) over () as is_in_latest_snapshot
     from renamed
-    qualify row_number() over (
-        partition by source_vehicle_id order by snapshot_day desc, extracted_at desc
-    ) = 1
+    qualify
+        row_number() over (
+            partition by source_vehicle_id order by snapshot_day desc, extracted_at desc
+        ) = 1
 )
 
 select * from final
