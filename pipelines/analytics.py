@@ -1,6 +1,8 @@
 """Worked SQL questions on the facts' marts, rendered with their outputs into docs/analytics.md.
 
-The doc is generated, never edited by hand, so its tables cannot drift from what the SQL returns:
+Each question is a dbt analysis (dbt_models/analyses/: one .sql reading the marts through `ref`,
+so dbt knows its lineage; title and why in `_analyses.yml`). The doc is generated, never
+edited by hand, so its tables cannot drift from what the SQL returns:
 `tests/dbt/test_analytics_doc.py` rebuilds the reference world through the real pipeline and
 compares. Regenerate with `python -m pipelines.analytics --reference --write docs/analytics.md`.
 """
@@ -13,7 +15,6 @@ import os
 import re
 import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import jinja2
+import jinja2.runtime
+import yaml
 
 from pipelines import facts
 from pipelines.facts import FactsCatalog, FactsError
@@ -42,6 +46,11 @@ REFERENCE_DAYS = 7
 REFERENCE_NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 REGENERATE = ".venv/bin/python -m pipelines.analytics --reference --write docs/analytics.md"
 
+DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_models"
+ANALYSES_DIR = DBT_PROJECT_DIR / "analyses"
+# The macros the analyses call (the shared `names` CTE), pasted in so each query stands alone.
+ANALYSIS_MACROS = DBT_PROJECT_DIR / "macros" / "vehicle_names.sql"
+
 
 @dataclass(frozen=True)
 class Question:
@@ -52,367 +61,38 @@ class Question:
     sql: str
 
 
-# One display name per fleet vehicle (dim_vehicles has a row per source identity).
-_NAMES = """
-names as (
-    select vehicle_id, min(display_name) as display_name
-    from dim_vehicles
-    group by vehicle_id
-)"""
+def mart_ref(name: str) -> str:
+    """dbt's `ref` as the doc shows it: the mart's bare table name (`fleet sql` and the doc's
+    `USE facts` resolve it in `main`). Refusing every other model keeps the questions on the
+    marts' documented columns, never on staging that may change."""
+    if name not in MART_TABLES:
+        marts = ", ".join(sorted(MART_TABLES))
+        raise ValueError(f"ref('{name}'): the analyses read only the marts ({marts})")
+    return name
 
 
-def _sql(text: str) -> str:
-    """Each query stands alone (copy, paste, run), so shared CTEs are pasted in, not imported."""
-    return textwrap.dedent(text).strip().replace("{names}", _NAMES.strip())
+def load_questions(analyses: Path = ANALYSES_DIR) -> tuple[Question, ...]:
+    """The dbt analyses in the order their YAML lists them, each rendered as dbt compiles it
+    but with `ref` naming the marts as a reader types them; the YAML gives title and why."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.globals["ref"] = mart_ref
+    macros = vars(env.from_string(ANALYSIS_MACROS.read_text()).module)
+    env.globals.update({k: v for k, v in macros.items() if isinstance(v, jinja2.runtime.Macro)})
+    listed = yaml.safe_load((analyses / "_analyses.yml").read_text())["analyses"]
+    files = {path.stem for path in analyses.glob("*.sql")}
+    if unlisted := files - {entry["name"] for entry in listed}:
+        raise ValueError(f"analyses without an entry in _analyses.yml: {sorted(unlisted)}")
+    return tuple(
+        Question(
+            title=entry["config"]["meta"]["title"],
+            why=entry["description"],
+            sql=env.from_string((analyses / f"{entry['name']}.sql").read_text()).render().strip(),
+        )
+        for entry in listed
+    )
 
 
-QUESTIONS: tuple[Question, ...] = (
-    Question(
-        title="Fuel efficiency ranking: litres per 100 km per vehicle",
-        why=(
-            "Which vehicles burn the most per kilometre? Sum litres and kilometres first, then "
-            "divide: an average of daily `l_per_100km` would weigh a 2 km day like a 200 km one. "
-            "Days whose fuel is unknown (`fuel_used_l` NULL) are left out of the kilometres too, "
-            "so they cannot flatter the ratio. Compare like with like: a truck is not a car."
-        ),
-        sql=_sql(
-            """
-            with {names},
-
-            per_vehicle as (
-                select
-                    vehicle_id,
-                    sum(distance_km) filter (where fuel_used_l is not null) as km_with_fuel,
-                    sum(fuel_used_l) as fuel_used_l
-                from fleet_daily
-                group by vehicle_id
-            )
-
-            select
-                rank() over (order by fuel_used_l / km_with_fuel) as rank,
-                vehicle_id,
-                display_name,
-                round(km_with_fuel, 1) as km,
-                round(fuel_used_l, 1) as fuel_l,
-                round(100 * fuel_used_l / km_with_fuel, 2) as l_per_100km
-            from per_vehicle
-            join names using (vehicle_id)
-            where km_with_fuel > 0
-            order by fuel_used_l / km_with_fuel, vehicle_id
-            """
-        ),
-    ),
-    Question(
-        title="What idling costs: idle hours x idle burn x fuel price",
-        why=(
-            "Idling is fuel bought to go nowhere. The marts know the idle time; the burn rate of "
-            "an idling engine and the price of a litre are assumptions, so they sit in one "
-            "`assumptions` row at the top: change them to your fleet's figures. The last row is "
-            "the whole fleet."
-        ),
-        sql=_sql(
-            """
-            with assumptions as (
-                select
-                    0.8 as idle_burn_l_per_h,  -- litres an idling engine burns per hour
-                    1.70 as fuel_price_per_l   -- price of a litre, in the account's currency
-            ),
-
-            {names},
-
-            idle as (
-                select vehicle_id, sum(idle_s) / 3600 as idle_h
-                from fleet_daily
-                group by grouping sets ((vehicle_id), ())
-            )
-
-            select
-                coalesce(idle.vehicle_id, '(all)') as vehicle_id,
-                case when idle.vehicle_id is null then 'whole fleet' else names.display_name end
-                    as display_name,
-                round(idle.idle_h, 2) as idle_h,
-                round(idle.idle_h * assumptions.idle_burn_l_per_h, 1) as idle_fuel_l,
-                round(
-                    idle.idle_h * assumptions.idle_burn_l_per_h * assumptions.fuel_price_per_l, 2
-                ) as idle_cost
-            from idle
-            cross join assumptions
-            left join names using (vehicle_id)
-            order by idle.vehicle_id is null, idle_cost desc, vehicle_id
-            """
-        ),
-    ),
-    Question(
-        title="Refuels against consumption per vehicle",
-        why=(
-            "Over a long enough window the litres put in the tank match the litres the engine "
-            "burned. Burning far more than was refuelled, month after month, points at refuels "
-            "no source saw (a card used elsewhere); refuelling far more than was burned points "
-            "at fuel leaving the tank another way. Over one week most vehicles simply draw the "
-            "tank down. `refuels` is NULL for a vehicle no refuel-reporting source sees: unknown, "
-            "not zero."
-        ),
-        sql=_sql(
-            """
-            with {names}
-
-            select
-                vehicle_id,
-                display_name,
-                round(sum(fuel_used_l), 1) as fuel_used_l,
-                sum(refuels) as refuels,
-                round(sum(refuel_l), 1) as refuel_l,
-                round(sum(refuel_l) - sum(fuel_used_l), 1) as refuelled_minus_used_l
-            from fleet_daily
-            join names using (vehicle_id)
-            group by vehicle_id, display_name
-            order by vehicle_id
-            """
-        ),
-    ),
-    Question(
-        title="Trips per hour of day",
-        why=(
-            "When does the fleet move? Shift planning, depot opening hours and the cost of "
-            "rush-hour driving all start here. A trip several sources reported is one trip: "
-            "count only the copy that counts (`is_duplicate_of is null`). Hours are UTC; use "
-            "`started_at at time zone 'Europe/Tallinn'` for the fleet's local clock."
-        ),
-        sql=_sql(
-            """
-            with trips as (
-                select
-                    hour(started_at at time zone 'UTC') as hour_utc,
-                    distance_km
-                from fct_trips
-                where is_duplicate_of is null
-            )
-
-            select
-                hour_utc,
-                count(*) as trips,
-                round(avg(distance_km), 1) as avg_km,
-                rtrim(bar(count(*), 0, max(count(*)) over (), 20)) as chart
-            from trips
-            group by hour_utc
-            order by hour_utc
-            """
-        ),
-    ),
-    Question(
-        title="Idle share per vehicle, last month",
-        why=(
-            "Which vehicles idle most relative to how much they drive? Share of engine time "
-            "spent idling, over the latest calendar month in the data (for live data, use "
-            "`date_trunc('month', current_date) - interval 1 month`). The share is of the "
-            "month's totals, not an average of daily shares."
-        ),
-        sql=_sql(
-            """
-            with month as (
-                select cast(date_trunc('month', max(day)) as date) as month_start
-                from fleet_daily
-            ),
-
-            {names}
-
-            select
-                vehicle_id,
-                display_name,
-                strftime(month.month_start, '%Y-%m') as month,
-                count(*) as days_driven,
-                round(sum(driving_s) / 3600, 1) as driving_h,
-                round(sum(idle_s) / 3600, 1) as idle_h,
-                round(100 * sum(idle_s) / nullif(sum(driving_s) + sum(idle_s), 0), 1) as idle_pct
-            from fleet_daily
-            cross join month
-            join names using (vehicle_id)
-            where fleet_daily.day >= month.month_start
-                and fleet_daily.day < month.month_start + interval 1 month
-            group by vehicle_id, display_name, month.month_start
-            order by idle_pct desc, vehicle_id
-            """
-        ),
-    ),
-    Question(
-        title="Longest idle periods, and where",
-        why=(
-            "Long idles at the same address are a habit (a driver warming the cab, a slow "
-            "loading dock), not bad luck. Each source reports its own copy of a stop, so keep "
-            "the periods of the trip copy that counts; when that source gives no address "
-            "(AutoPi does not), take one from another source's overlapping period."
-        ),
-        sql=_sql(
-            """
-            with counted as (
-                select periods.*
-                from fct_idle_periods as periods
-                join fct_trips as trips using (trip_id)
-                where trips.is_duplicate_of is null
-            )
-
-            select
-                counted.vehicle_id,
-                counted.started_at,
-                round(counted.duration_s / 60, 1) as minutes,
-                counted.source,
-                coalesce(
-                    counted.address,
-                    (
-                        select other.address
-                        from fct_idle_periods as other
-                        where other.vehicle_id = counted.vehicle_id
-                            and other.source <> counted.source
-                            and other.address is not null
-                            and other.started_at < counted.ended_at
-                            and other.ended_at > counted.started_at
-                        order by abs(epoch(other.started_at) - epoch(counted.started_at)),
-                            other.source
-                        limit 1
-                    )
-                ) as address
-            from counted
-            order by counted.duration_s desc, counted.started_at, counted.vehicle_id
-            limit 10
-            """
-        ),
-    ),
-    Question(
-        title="Daily distance trend per vehicle",
-        why=(
-            "Is a vehicle being used more or less? One row per vehicle with its kilometres day "
-            "by day (oldest first; a day without trips is 0 km) and the least-squares slope in "
-            "km per day. Weekends show as dips: read the slope over weeks, not days."
-        ),
-        sql=_sql(
-            """
-            with days as (
-                select cast(unnest(generate_series(min(day), max(day), interval 1 day)) as date)
-                    as day
-                from fleet_daily
-            ),
-
-            grid as (
-                select vehicles.vehicle_id, days.day, coalesce(daily.distance_km, 0) as km
-                from (select distinct vehicle_id from fleet_daily) as vehicles
-                cross join days
-                left join fleet_daily as daily
-                    on daily.vehicle_id = vehicles.vehicle_id and daily.day = days.day
-            )
-
-            select
-                vehicle_id,
-                strftime(min(day), '%m-%d') || '..' || strftime(max(day), '%m-%d') as days,
-                string_agg(cast(round(km) as integer), ' ' order by day) as km_per_day,
-                round(sum(km), 1) as total_km,
-                round(regr_slope(km, epoch(day) / 86400), 1) as trend_km_per_day
-            from grid
-            group by vehicle_id
-            order by vehicle_id
-            """
-        ),
-    ),
-    Question(
-        title="Which sources report each vehicle",
-        why=(
-            "Before trusting a number, know who measured it. `dim_vehicles` has one row per "
-            "source identity; the vehicle_map seed ties a vehicle's AVL device name, AutoPi "
-            "device, kt1 asset and Metrotec object to one `vehicle_id`. NULL: that source does "
-            "not see the vehicle."
-        ),
-        sql=_sql(
-            """
-            select
-                vehicle_id,
-                min(display_name) as display_name,
-                string_agg(source, ', ' order by source) as sources,
-                max(source_vehicle_id) filter (where source = 'avl') as avl_id,
-                max(source_vehicle_id) filter (where source = 'autopi') as autopi_id,
-                max(source_vehicle_id) filter (where source = 'kt1') as kt1_id,
-                max(source_vehicle_id) filter (where source = 'metrotec') as metrotec_id
-            from dim_vehicles
-            group by vehicle_id
-            order by vehicle_id
-            """
-        ),
-    ),
-    Question(
-        title="Trips several sources reported, and how they were resolved",
-        why=(
-            "A vehicle with two trackers reports every trip twice. `fct_trips` keeps every "
-            "copy; the one that counts has `is_duplicate_of` NULL and the others point at it. "
-            "The counted copy comes from the first source in the dbt var "
-            "`trip_source_priority` (autopi, kt1, metrotec, avl). The gaps show how far the "
-            "copies disagree on start time and distance."
-        ),
-        sql=_sql(
-            """
-            with counted as (
-                select trip_id, source, started_at, distance_km
-                from fct_trips
-                where is_duplicate_of is null
-            ),
-
-            resolved as (
-                select
-                    counted.trip_id,
-                    counted.source as counted_source,
-                    string_agg(copy.source, ', ' order by copy.source) as copy_sources,
-                    max(abs(epoch(copy.started_at) - epoch(counted.started_at))) as start_gap_s,
-                    max(abs(copy.distance_km - counted.distance_km)) as km_gap
-                from counted
-                left join fct_trips as copy on copy.is_duplicate_of = counted.trip_id
-                group by counted.trip_id, counted.source
-            )
-
-            select
-                counted_source,
-                coalesce(copy_sources, '(none)') as duplicate_sources,
-                count(*) as trips,
-                round(max(start_gap_s)) as max_start_gap_s,
-                round(max(km_gap), 2) as max_km_gap
-            from resolved
-            group by counted_source, copy_sources
-            order by trips desc, counted_source, duplicate_sources
-            """
-        ),
-    ),
-    Question(
-        title="Top speeds and speeding trips",
-        why=(
-            "Speeding costs fuel, tyres and insurance. Per vehicle: counted trips whose top "
-            "speed exceeded the limit (an explicit constant; set your policy), and when the "
-            "fastest trip started. A trip's top speed is its source's own maximum."
-        ),
-        sql=_sql(
-            """
-            with policy as (
-                select 90 as speed_limit_kmh
-            ),
-
-            {names}
-
-            select
-                vehicle_id,
-                display_name,
-                count(max_speed_kmh) as trips,
-                count(*) filter (where max_speed_kmh > speed_limit_kmh) as speeding_trips,
-                round(
-                    100 * count(*) filter (where max_speed_kmh > speed_limit_kmh)
-                    / count(max_speed_kmh), 1
-                ) as speeding_pct,
-                max(max_speed_kmh) as top_speed_kmh,
-                first(started_at order by max_speed_kmh desc, started_at) as fastest_trip_at
-            from fct_trips
-            cross join policy
-            join names using (vehicle_id)
-            where is_duplicate_of is null
-            group by vehicle_id, display_name
-            order by speeding_trips desc, vehicle_id
-            """
-        ),
-    ),
-)
+QUESTIONS = load_questions()
 
 
 # --- running and rendering ---------------------------------------------------------------------

@@ -32,15 +32,16 @@ from dagster import (
 )
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from pipelines.asset_metadata import OWNERS
-from pipelines.checks import LAKE_DAYS_CHECK, describe_days, missing_lake_days
+from pipelines.asset_metadata import OWNERS, raw_key
+from pipelines.checks import missing_lake_days
+from pipelines.dbt_vars import DBT_PROJECT_DIR
 from pipelines.facts import FactsCatalog
 from pipelines.facts import connect as facts_connect
 from pipelines.facts import dbt_env as facts_dbt_env
 from pipelines.lake import Lake
+from pipelines.lake_days import LAKE_DAYS_CHECK, describe_days
 from pipelines.locks import exclusive
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_models"
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 
 
@@ -99,10 +100,10 @@ def daily_models(manifest: Mapping[str, Any]) -> dict[str, str]:
 
 
 class FleetDbtTranslator(DagsterDbtTranslator):
-    """dbt sources become the raw assets that land them; models are grouped by layer, the daily
-    ones (`daily`) take the daily partitions, and the marts carry a freshness policy. No
-    automation condition: the facts sensor (pipelines/facts_build.py) requests the days raw data
-    was written to."""
+    """dbt sources become the raw assets that land them (keyed by `raw_key` alone: the sources'
+    YAML names no asset key); models are grouped by layer, the daily ones (`daily`) take the
+    daily partitions, and the marts carry a freshness policy. No automation condition: the
+    facts sensor (pipelines/facts_build.py) requests the days raw data was written to."""
 
     def __init__(
         self, daily: Mapping[str, str] | None = None, partitions: PartitionsDefinition | None = None
@@ -117,9 +118,7 @@ class FleetDbtTranslator(DagsterDbtTranslator):
         spec = super().get_asset_spec(manifest, unique_id, project)
         props = self.get_resource_props(manifest, unique_id)
         if props["resource_type"] == "source":
-            return spec.replace_attributes(
-                key=AssetKey(["raw", props["source_name"], props["name"]])
-            )
+            return spec.replace_attributes(key=raw_key(props["source_name"], props["name"]))
         layer = next(
             (part for part in props.get("fqn", []) if part in {"staging", "intermediate", "marts"}),
             "seeds" if props["resource_type"] == "seed" else "dbt",

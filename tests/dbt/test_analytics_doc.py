@@ -79,3 +79,8 @@ def test_committed_doc_matches_what_the_sql_returns(marts: duckdb.DuckDBPyConnec
             f"    {analytics.REGENERATE}\n\n" + "".join(list(diff)[:60]),
             pytrace=False,
         )
+
+
+def test_an_analysis_may_ref_only_a_mart() -> None:
+    with pytest.raises(ValueError, match=r"ref\('stg_avl__trips'\)"):
+        analytics.mart_ref("stg_avl__trips")
