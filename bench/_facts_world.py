@@ -12,7 +12,6 @@ and the figures here are the build's.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -23,43 +22,39 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import requests
-from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
+from _in_process import close_unserved, connected, skip_fsync
 
-import pipelines.lake
-import pipelines.sources.autopi.landing
-from pipelines.http import ApiClient
 from pipelines.lake import Lake
 from pipelines.simulator.autopi import AutoPiServer
 from pipelines.simulator.avl import AvlServer
-from pipelines.simulator.httpd import Request, SimServer
+from pipelines.simulator.clock import ManualClock
+from pipelines.simulator.httpd import SimServer
 from pipelines.simulator.kt1 import Kt1Server
 from pipelines.simulator.metrotec import BASE_PATH, MetrotecServer
 from pipelines.simulator.world import World
-from pipelines.sources.autopi.export import DATAPOINTS_SCHEMA, DECLARED, F64, LOC, TS, parse_trip
-from pipelines.sources.autopi.export import TRIPS_SCHEMA as AUTOPI_TRIPS_SCHEMA
 from pipelines.sources.autopi.landing import ensure_schema_files, land_export
+from pipelines.sources.autopi.schemas import DATAPOINTS_SCHEMA, DECLARED, F64, LOC, TS
+from pipelines.sources.autopi.schemas import TRIPS_SCHEMA as AUTOPI_TRIPS_SCHEMA
+from pipelines.sources.autopi.trip import parse_trip
 from pipelines.sources.avl.client import AvlClient
 from pipelines.sources.avl.extract import extract_trips
 from pipelines.sources.kt1.client import Kt1Client
 from pipelines.sources.kt1.drain import drain_stream
 from pipelines.sources.metrotec.client import MAX_WINDOW_DAYS, MetrotecClient
-from pipelines.sources.metrotec.extract import SOURCE as METROTEC
-from pipelines.sources.metrotec.extract import TABLES as METROTEC_TABLES
-from pipelines.sources.metrotec.extract import extract_range, quarantine_table, type_vehicles
+from pipelines.sources.metrotec.extract import extract_range
+from pipelines.sources.metrotec.rows import quarantine_table, type_vehicles
+from pipelines.sources.metrotec.specs import SOURCE as METROTEC
+from pipelines.sources.metrotec.specs import TABLES as METROTEC_TABLES
 
 RUN_AT = dtime(4, 0)
 """When the daily landings run (UTC): after AVL's 03:15 and Metrotec's 03:45 schedules."""
@@ -112,86 +107,6 @@ class Fleet:
         return datetime.combine(day + timedelta(days=1), RUN_AT, UTC)
 
 
-class SimClock:
-    """The simulators' clock: the landing run's simulated time, moved by the bench."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class InProcessTransport(BaseAdapter):
-    """A `requests` transport that hands each request to a simulator's `dispatch`.
-
-    Builds the simulator's `Request` the way its HTTP handler does; the answer comes back
-    uncompressed, with `elapsed` measured by requests as usual (kt1 reads an empty poll from it).
-    """
-
-    def __init__(self, server: SimServer) -> None:
-        super().__init__()
-        self.server = server
-
-    def send(
-        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
-    ) -> requests.Response:
-        split = urlsplit(request.url or "")
-        body = request.body or b""
-        sim_request = Request(
-            method=request.method or "GET",
-            path=split.path,
-            query=parse_qs(split.query, keep_blank_values=True),
-            headers={k.lower(): v for k, v in request.headers.items()},
-            body=body.encode() if isinstance(body, str) else bytes(body),
-            received_at=time.time(),
-        )
-        answer, _fault = self.server.dispatch(sim_request)
-        payload = answer.payload()
-        response = requests.Response()
-        response.status_code = answer.status
-        response.reason = HTTPStatus(answer.status).phrase
-        response.headers = CaseInsensitiveDict(
-            {"Content-Type": answer.content_type, "Content-Length": str(len(payload))}
-        )
-        response.headers.update(answer.headers)
-        response._content = payload
-        response._content_consumed = True
-        response.url = request.url or ""
-        response.request = request
-        return response
-
-    def close(self) -> None:
-        pass
-
-
-def close_unserved(server: SimServer) -> None:
-    """Release the socket a simulator binds on creation; `stop()` would wait for a serve loop
-    that never ran (in-process requests need none)."""
-    server._httpd.server_close()
-
-
-@contextlib.contextmanager
-def connected(client: ApiClient, server: SimServer) -> Iterator[None]:
-    """Route `client` to `server` in-process for the block, then close the client."""
-    client.session.mount(client.base_url, InProcessTransport(server))
-    try:
-        yield
-    finally:
-        client.close()
-
-
-def skip_fsync() -> None:
-    """The lake's writes stay atomic (temp file, rename) but are not flushed to the disk."""
-
-    def no_fsync(_path: Path) -> None:
-        return None
-
-    pipelines.lake._fsync_file = no_fsync
-    pipelines.lake._fsync_dir = no_fsync
-    pipelines.sources.autopi.landing._fsync_dir = no_fsync  # imported by name there
-
-
 class Simulators:
     """The four simulated APIs over one fleet, on one clock the bench moves from run to run.
 
@@ -202,7 +117,7 @@ class Simulators:
     def __init__(self, fleet: Fleet) -> None:
         world = fleet.world
         self.fleet = fleet
-        self.clock = SimClock(fleet.run_at(fleet.days[-1]))
+        self.clock = ManualClock(fleet.run_at(fleet.days[-1]))
         self.avl = AvlServer(world, rate_limit=(1 << 30, 1.0), clock=self.clock)
         self.metrotec = MetrotecServer(world, clock=self.clock)
         self.autopi = AutoPiServer(

@@ -132,8 +132,9 @@ def land_ours(root: str, src: Path) -> dict[str, object]:
     import pyarrow.compute as pc
 
     from pipelines.lake import Lake
-    from pipelines.sources.autopi.export import DECLARED, INFLATER
+    from pipelines.sources.autopi.inflate import INFLATER
     from pipelines.sources.autopi.landing import land_export
+    from pipelines.sources.autopi.schemas import DECLARED
 
     lake = Lake(root)
     started = time.perf_counter()

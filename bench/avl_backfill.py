@@ -25,6 +25,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import requests
+from _common import print_header, run_days, temp_home
 
 from pipelines.simulator.avl import PATH, AvlServer
 from pipelines.simulator.avl import env as avl_env
@@ -49,19 +50,11 @@ def minimum_requests(server: AvlServer, days: list[date]) -> int:
 
 
 def run_ours(world: World, days: list[date], clock) -> dict:
-    from dagster import AssetKey, DagsterInstance, materialize
+    from dagster import AssetKey, DagsterInstance
 
     server = AvlServer(world, rate_limit=RATE, clock=clock).start()
-    tmp = Path(tempfile.mkdtemp(prefix="avl-bench-"))
     os.environ.update(avl_env(server))
-    os.environ.update(
-        FLEET_LAKE_DIR=str(tmp / "lake"),
-        FLEET_FACTS_CATALOG=f"sqlite:{tmp / 'fleet_catalog.sqlite'}",
-        FLEET_FACTS_DATA_PATH=str(tmp / "facts"),
-        FLEET_STATE_URL=f"sqlite:///{tmp / 'state.sqlite3'}",
-        FLEET_START_DATE=days[0].isoformat(),
-        AVL_RATE_LIMIT=f"{RATE[0]}/{RATE[1]:g}",
-    )
+    temp_home("avl-bench-", days[0], AVL_RATE_LIMIT=f"{RATE[0]}/{RATE[1]:g}")
     from pipelines.definitions import build_defs
 
     defs = build_defs()
@@ -70,17 +63,7 @@ def run_ours(world: World, days: list[date], clock) -> dict:
     minimum = minimum_requests(server, days)
     server.reset_log()
     started = time.monotonic()
-    result = materialize(
-        list(defs.assets),
-        resources=defs.resources,
-        selection=[AssetKey(["raw", "avl", "trips"])],
-        tags={
-            "dagster/asset_partition_range_start": days[0].isoformat(),
-            "dagster/asset_partition_range_end": days[-1].isoformat(),
-        },
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        instance=instance,
-    )
+    result = run_days(defs, [AssetKey(["raw", "avl", "trips"])], days, instance=instance)
     wall = time.monotonic() - started
     assert result.success
     log = server.requests(PATH)
@@ -186,7 +169,7 @@ def run_shared(world: World, days: list[date], clock, processes: int) -> dict:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.servers import start_postgres
+    from tests.support.servers import start_postgres
 
     server = AvlServer(world, rate_limit=RATE, clock=clock).start()
     tmp = Path(tempfile.mkdtemp(prefix="avl-bench-shared-"))
@@ -268,8 +251,7 @@ def main() -> None:
         f"{'client':34} {'requests':>8} {'minimum':>8} {'429s':>6} {'wall s':>8} {'min s':>7} "
         f"{'wall/min':>8} {'req-phase/min':>13}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in results:
         useful = r["requests"] - r["http_429"]
         floor = theoretical_min(useful)

@@ -33,52 +33,52 @@ changed lake equals the updated catalog's daily marts (EXCEPT ALL both ways).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import json
-import os
-import shutil
-import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import duckdb
-import psutil
+from _dbt_calls import Build, dbt_cli
+from _facts_builds import (
+    NewBuild,
+    OldBuild,
+    dagster_steps,
+    fresh,
+    new_project,
+    old_env,
+    old_project,
+    point,
+    start_parse,
+)
+from _facts_checks import check_against_old, compare_catalogs
 from _facts_world import FleetSpec, Landing, Relanded, Sampling, in_child, land_lakes, reland_day
 
 from pipelines.dbt import (
-    DBT_PROJECT_DIR,
-    FactsBuildConfig,
-    dbt_build_args,
     dbt_env,
-    dbt_executable,
-    default_memory_limit,
-    ensure_manifest,
 )
-from pipelines.facts import FactsCatalog, load_extensions
-from pipelines.simulator.world import World
+from pipelines.facts import FactsCatalog
 
 SEED = 7
 WORLD_END = date(2026, 3, 31)  # the world's last day; the lake holds the days before it
-OLD_COMMIT = "5f7aa80"
-OLD_BUILD_ARGS = ["build", "--exclude-resource-type", "unit_test"]  # its dbt_build_args()
 UPDATE_GOALS = {"90x50": 0.25, "365x200": 0.10}  # one-day update / full build, new build
 FULL_GOAL = 1.2  # new full build / old full build
 DAILY_MARTS = ["fct_trips", "fct_idle_periods", "fct_fuel_events", "fleet_daily"]
 DENSE, SPARSE = Sampling(autopi_s=10.0, kt1_s=30.0), Sampling(autopi_s=120.0, kt1_s=300.0)
-PROJECT_COPY_IGNORE = shutil.ignore_patterns("target", "logs", "dbt_packages", ".user.yml")
 
 
 @dataclass(frozen=True)
 class Scale:
+    """A fleet of `vehicles` over `days`, written `DAYSxVEHICLES` (`90x50`)."""
+
     days: int
     vehicles: int
+
+    @classmethod
+    def parse(cls, text: str) -> Scale:
+        days, _, vehicles = text.strip().partition("x")
+        return cls(int(days), int(vehicles))
 
     @property
     def name(self) -> str:
@@ -89,407 +89,6 @@ class Scale:
         """The earlier bench's: dense up to 90x50, sparser beyond (a year of 200 vehicles at
         the simulators' defaults would not land in this bench's time)."""
         return DENSE if self.days * self.vehicles <= 90 * 50 else SPARSE
-
-    @classmethod
-    def parse(cls, text: str) -> Scale:
-        days, _, vehicles = text.strip().partition("x")
-        return cls(int(days), int(vehicles))
-
-
-# --- one dbt invocation and a build of several ---------------------------------------------
-
-
-@dataclass
-class Invocation:
-    """One `dbt build`: wall time, peak memory, and what its run_results.json says."""
-
-    name: str
-    wall_s: float
-    peak_rss: int  # bytes, of the dbt process tree (DuckDB runs inside it)
-    returncode: int
-    log: Path
-    dbt_s: float | None = None  # run_results elapsed_time: execution after start-up and parse
-    node_s: dict[str, float] = field(default_factory=dict)  # summed per node kind
-    nodes: dict[str, int] = field(default_factory=dict)  # counted per node kind
-    problems: dict[str, int] = field(default_factory=dict)  # non-passing statuses, counted
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.dbt_s is not None and self.returncode == 0 and not self.problems
-
-    @property
-    def overhead_s(self) -> float:
-        """dbt's start-up, (partial) parse and artifact writing: wall time outside the nodes."""
-        return self.wall_s - (self.dbt_s or 0.0)
-
-    def status(self) -> str:
-        if self.timed_out:
-            return "STOPPED at the time limit"
-        if self.dbt_s is None:
-            return f"dbt DIED (exit {self.returncode}); see {self.log}"
-        if self.ok:
-            return "ok"
-        return (
-            "FAILED: " + ", ".join(f"{n} {s}" for s, n in self.problems.items()) + f" ({self.log})"
-        )
-
-
-@dataclass
-class Build:
-    """One build: its dbt invocations, run one after another."""
-
-    name: str
-    steps: list[Invocation]
-
-    @property
-    def wall_s(self) -> float:
-        return sum(s.wall_s for s in self.steps)
-
-    @property
-    def peak_rss(self) -> int:
-        return max((s.peak_rss for s in self.steps), default=0)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.steps) and all(s.ok for s in self.steps)
-
-    @property
-    def overhead_s(self) -> float:
-        return sum(s.overhead_s for s in self.steps)
-
-    def node_s(self, kind: str) -> float:
-        return sum(s.node_s.get(kind, 0.0) for s in self.steps)
-
-    def nodes(self, kind: str) -> int:
-        return sum(s.nodes.get(kind, 0) for s in self.steps)
-
-
-class Watch(threading.Thread):
-    """Samples the dbt process tree's memory; terminates it past `limit_s` (a shared machine)."""
-
-    def __init__(self, pid: int, limit_s: float) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.limit_s = limit_s
-        self.peak_rss = 0
-        self.timed_out = False
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        started = time.monotonic()
-        while not self.done.wait(0.2):
-            try:
-                tree = [self.process, *self.process.children(recursive=True)]
-                self.peak_rss = max(self.peak_rss, sum(p.memory_info().rss for p in tree))
-            except psutil.Error:
-                continue  # a process of the tree just ended
-            if time.monotonic() - started > self.limit_s:
-                self.timed_out = True
-                for proc in reversed(tree):
-                    with contextlib.suppress(psutil.Error):
-                        proc.terminate()
-                return
-
-
-def run_dbt(cli: Any, name: str, args: list[str], log: Path, limit_s: float) -> Invocation:
-    """`dbt <args>` through DbtCliResource.cli (a fresh target path seeded with the project's
-    partial parse, as the assets invoke it); dbt's log lines go to `log`."""
-    started = time.perf_counter()
-    with log.open("w") as sink, contextlib.redirect_stdout(sink):
-        invocation = cli.cli(args, raise_on_error=False)
-        watch = Watch(invocation.process.pid, limit_s)
-        watch.start()
-        try:
-            invocation.wait()
-        finally:
-            watch.done.set()
-            watch.join()
-    run = Invocation(
-        name,
-        time.perf_counter() - started,
-        watch.peak_rss,
-        invocation.process.returncode,
-        log,
-        timed_out=watch.timed_out,
-    )
-    results_path = invocation.target_path / "run_results.json"
-    if not results_path.exists():
-        return run
-    results = json.loads(results_path.read_text())
-    for node in results["results"]:
-        kind = node["unique_id"].split(".")[0]
-        run.node_s[kind] = run.node_s.get(kind, 0.0) + node["execution_time"]
-        run.nodes[kind] = run.nodes.get(kind, 0) + 1
-        if node["status"] not in ("success", "pass"):
-            run.problems[node["status"]] = run.problems.get(node["status"], 0) + 1
-    run.dbt_s = results["elapsed_time"]
-    return run
-
-
-def dbt_cli(project_dir: Path) -> Any:
-    from dagster_dbt import DbtCliResource, DbtProject
-
-    project = DbtProject(project_dir=project_dir, profiles_dir=project_dir)
-    return DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
-
-
-@contextlib.contextmanager
-def environ(values: dict[str, str], drop: tuple[str, ...] = ()) -> Iterator[None]:
-    """os.environ with `values` set and `drop` removed, restored afterwards."""
-    saved = dict(os.environ)
-    for name in drop:
-        os.environ.pop(name, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-# --- the two builds ------------------------------------------------------------------------
-
-
-def dagster_steps() -> list[tuple[str, list[str]]]:
-    """(step key, dbt selection) of each step of a Dagster run of every fact asset, in order:
-    the execution plan of `build_dbt_assets`' two definitions, each step's assets as the
-    fully-qualified names dagster-dbt passes to `--select`."""
-    from dagster import DailyPartitionsDefinition, Definitions
-    from dagster._core.execution.api import create_execution_plan
-
-    from pipelines.dbt import build_dbt_assets, dbt_resource
-
-    manifest = json.loads(ensure_manifest().read_text())
-    fqn = {
-        node["name"]: ".".join(node["fqn"])
-        for node in manifest["nodes"].values()
-        if node["resource_type"] in ("model", "seed", "snapshot")
-    }
-    with tempfile.TemporaryDirectory() as scratch:
-        catalog = FactsCatalog.of(f"sqlite:{scratch}/plan.sqlite", f"{scratch}/plan")
-        assets = build_dbt_assets(
-            Path(scratch), catalog, DailyPartitionsDefinition(start_date="2026-01-01")
-        )
-    job = Definitions(assets=assets, resources={"dbt": dbt_resource()})
-    plan = create_execution_plan(job.resolve_implicit_global_asset_job_def())
-    steps = []
-    for step in plan.get_steps_to_execute_in_topo_order():
-        names = sorted(
-            fqn[o.properties.asset_key.path[-1]]
-            for o in step.step_outputs
-            if o.properties is not None and o.properties.asset_key is not None
-        )
-        if names:
-            steps.append((step.key, names))
-    return steps
-
-
-def window_args(first: date, last: date) -> list[str]:
-    """`dbt_build_args` of a run of the partitions first..last (the run's time window)."""
-    from dagster import TimeWindow
-
-    def midnight(day: date) -> datetime:
-        return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-    return dbt_build_args(
-        FactsBuildConfig(), TimeWindow(midnight(first), midnight(last + timedelta(days=1)))
-    )
-
-
-@dataclass
-class NewBuild:
-    """The DuckLake build as a Dagster run of every fact asset invokes dbt."""
-
-    cli: Any
-    env: dict[str, str]
-    steps: list[tuple[str, list[str]]]
-    logs: Path
-    limit_s: float
-
-    def build(self, name: str, first: date, last: date) -> Build:
-        runs: list[Invocation] = []
-        with environ(self.env, drop=("PYTHONPATH",)):
-            for key, selection in self.steps:
-                args = [*window_args(first, last), "--select", " ".join(selection)]
-                log = self.logs / f"{name}-{key}.log"
-                runs.append(run_dbt(self.cli, key, args, log, self.limit_s))
-                if not runs[-1].ok:
-                    break
-        return Build(name, runs)
-
-
-@dataclass
-class OldBuild:
-    """Commit 5f7aa80's single-file build: one `dbt build`, its ledgers finding what changed."""
-
-    cli: Any
-    env: dict[str, str]
-    logs: Path
-    limit_s: float
-
-    def build(self, name: str) -> Build:
-        drop = ("FLEET_FACTS_CATALOG", "FLEET_FACTS_DATA_PATH", "FLEET_FACTS_DBT_THREADS")
-        with environ(self.env, drop=drop):
-            log = self.logs / f"{name}.log"
-            return Build(name, [run_dbt(self.cli, "build", OLD_BUILD_ARGS, log, self.limit_s)])
-
-
-def write_seeds(world: World, seeds: Path) -> None:
-    """Seeds that map this world's vehicles (the shipped ones cover the simulator's 200)."""
-    with (seeds / "vehicle_map.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["source", "source_vehicle_id", "vehicle_id", "display_name"])
-        writer.writeheader()
-        writer.writerows(world.identity_rows())
-    with (seeds / "autopi_vehicle_tanks.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["source_vehicle_id", "tank_l"])
-        writer.writerows((v.autopi_device_id, f"{v.tank_l:g}") for v in world.vehicles_of("autopi"))
-
-
-def new_project(world: World, target: Path) -> Path:
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(DBT_PROJECT_DIR, target, ignore=PROJECT_COPY_IGNORE)
-    write_seeds(world, target / "seeds")
-    return target
-
-
-def old_project(world: World, target: Path) -> Path:
-    """5f7aa80's dbt_models/ and pipelines/lake_listing.py in `target`; its project dir."""
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    repo = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", OLD_COMMIT, "dbt_models", "pipelines/lake_listing.py"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    write_seeds(world, target / "dbt_models" / "seeds")
-    return target / "dbt_models"
-
-
-def old_env(lake: Path, duckdb_path: Path, pythonpath: Path) -> dict[str, str]:
-    """5f7aa80's `dbt_env`, with its lake_listing plugin found first on PYTHONPATH."""
-    return {
-        "FLEET_LAKE_DIR": str(lake),
-        "FLEET_DUCKDB_PATH": str(duckdb_path),
-        "FLEET_DUCKDB_MEMORY_LIMIT": os.environ.get("FLEET_DUCKDB_MEMORY_LIMIT")
-        or default_memory_limit(),
-        "DBT_LOG_LEVEL_FILE": os.environ.get("DBT_LOG_LEVEL_FILE") or "warn",
-        "PYTHONPATH": os.pathsep.join(
-            [str(pythonpath), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
-    }
-
-
-def start_parse(project: Path, env: dict[str, str], drop: tuple[str, ...], log: Path) -> Any:
-    """`dbt parse` into the project's target (the partial parse every build copies), not timed."""
-    full = {k: v for k, v in os.environ.items() if k not in drop} | env
-    full["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
-    with log.open("w") as sink:
-        return subprocess.Popen(
-            [dbt_executable(), "parse", "--project-dir", project, "--profiles-dir", project],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=full,
-        )
-
-
-def point(link: Path, target: Path) -> None:
-    """Make `link` a symlink to `target`, replacing it atomically."""
-    staged = link.with_name(link.name + ".new")
-    staged.unlink(missing_ok=True)
-    staged.symlink_to(target.resolve(), target_is_directory=True)
-    staged.replace(link)
-
-
-def fresh(*paths: Path) -> None:
-    for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-# --- checks --------------------------------------------------------------------------------
-
-
-def attach_catalog(con: duckdb.DuckDBPyConnection, catalog: FactsCatalog, alias: str) -> None:
-    load_extensions(con, catalog.extensions())
-    sql = catalog.attach_sql(read_only=True).replace(" AS facts ", f" AS {alias} ")
-    con.execute(sql.replace("ATTACH IF NOT EXISTS", "ATTACH"))
-
-
-def trips_per_day(con: duckdb.DuckDBPyConnection, db: str) -> dict[date, int]:
-    rows = con.execute(
-        f"select cast(started_at at time zone 'UTC' as date), count(*) from {db}.main.fct_trips "
-        "group by 1"
-    ).fetchall()
-    return dict(rows)
-
-
-def changed_kms(con: duckdb.DuckDBPyConnection, db: str, relanded: Relanded) -> float | None:
-    row = con.execute(
-        f"select distance_km from {db}.main.stg_avl__trips "
-        "where device_name = ? and started_at = ?",
-        [relanded.device_name, relanded.trip_start],
-    ).fetchone()
-    return None if row is None else row[0]
-
-
-def check_against_old(catalog: FactsCatalog, old_db: Path | None, relanded: Relanded) -> list[str]:
-    """The changed trip in each build; fct_trips' rows per day, new vs old."""
-    con = duckdb.connect()
-    con.execute("set TimeZone = 'UTC'")
-    attach_catalog(con, catalog, "new")
-    lines = []
-    kms = {"new": changed_kms(con, "new", relanded)}
-    if old_db is not None:
-        con.execute(f"attach '{old_db}' as old (read_only)")
-        kms["old"] = changed_kms(con, "old", relanded)
-    seen = ", ".join(
-        f"{db} {'PASS' if v is not None and abs(v - relanded.kms) < 1e-9 else 'FAIL'} ({v})"
-        for db, v in kms.items()
-    )
-    lines.append(f"changed trip's distance_km = {relanded.kms} in stg_avl__trips: {seen}")
-    if old_db is not None:
-        new, old = trips_per_day(con, "new"), trips_per_day(con, "old")
-        differing = sorted(d for d in new.keys() | old.keys() if new.get(d) != old.get(d))
-        verdict = "PASS" if not differing else f"FAIL on {len(differing)} day(s): {differing[:5]}"
-        lines.append(
-            f"fct_trips rows per day, new vs old ({len(new)} days, {sum(new.values()):,} rows "
-            f"new, {sum(old.values()):,} old): {verdict}"
-        )
-    con.close()
-    return lines
-
-
-def compare_catalogs(left: FactsCatalog, right: FactsCatalog, models: list[str]) -> str:
-    """Each model of `left` vs `right`, EXCEPT ALL both ways (by column name)."""
-    con = duckdb.connect()
-    con.execute("set TimeZone = 'UTC'")
-    attach_catalog(con, left, "a")
-    attach_catalog(con, right, "b")
-    differing = []
-    for name in models:
-        columns = con.execute(
-            "select column_name from information_schema.columns where table_catalog = 'a' "
-            "and table_schema = 'main' and table_name = ? order by 1",
-            [name],
-        ).fetchall()
-        cols = ", ".join(f'"{c}"' for (c,) in columns)
-        a, b = f"a.main.{name}", f"b.main.{name}"
-        extra, missing = (
-            con.execute(
-                f"select count(*) from (select {cols} from {x} except all select {cols} from {y})"
-            ).fetchone()[0]
-            for x, y in ((a, b), (b, a))
-        )
-        if extra or missing:
-            differing.append(f"{name} (+{extra}/-{missing})")
-    con.close()
-    return "PASS (identical)" if not differing else "FAIL: " + ", ".join(differing)
 
 
 # --- one scale -----------------------------------------------------------------------------

@@ -28,11 +28,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import requests
+from _common import print_header
 
 from pipelines.lake import Lake
 from pipelines.sources.kt1.client import Kt1Client, parse_batch
 from pipelines.sources.kt1.drain import drain_stream
-from pipelines.sources.kt1.extract import SOURCE, ItemSplitter
+from pipelines.sources.kt1.extract import ItemSplitter
+from pipelines.sources.kt1.schemas import SOURCE
 
 TOKEN = "bench-kt1-token"
 
@@ -80,6 +82,24 @@ def lake_rows(lake: Lake) -> int:
     return sum(pq.read_metadata(p).num_rows for p in lake.files(SOURCE, "telemetry"))
 
 
+def outcome(
+    name: str, wall: float, stream: Stream, lake: Lake, requests_made: int, stop: str
+) -> dict:
+    """One drain's figures, the stream's counts among them; the stream is stopped."""
+    stats = stream.stats()
+    stream.stop()
+    return {
+        "name": name,
+        "wall_s": wall,
+        "acked": stats["acked_items"],
+        "landed": lake_rows(lake),
+        "files": len(lake.files(SOURCE, "telemetry")),
+        "requests": requests_made,
+        "redelivered": stats.get("redelivered_items", 0),
+        "stop": stop,
+    }
+
+
 def run_ours(args: argparse.Namespace, root: Path) -> dict:
     stream = Stream(args.items, args.batch, args.long_poll)
     lake = Lake(root / "ours")
@@ -88,18 +108,8 @@ def run_ours(args: argparse.Namespace, root: Path) -> dict:
     result = drain_stream(client, lake, budget_s=600)
     wall = time.perf_counter() - started
     client.close()
-    stats = stream.stats()
-    stream.stop()
-    return {
-        "name": "ours (keep-alive, grouped files)",
-        "wall_s": wall,
-        "acked": stats["acked_items"],
-        "landed": lake_rows(lake),
-        "files": len(lake.files(SOURCE, "telemetry")),
-        "requests": client.stats.requests,
-        "redelivered": stats.get("redelivered_items", 0),
-        "stop": result.stop_reason,
-    }
+    name = "ours (keep-alive, grouped files)"
+    return outcome(name, wall, stream, lake, client.stats.requests, result.stop_reason)
 
 
 def run_naive(args: argparse.Namespace, root: Path) -> dict:
@@ -132,19 +142,8 @@ def run_naive(args: argparse.Namespace, root: Path) -> dict:
         spent["writing"] += t3 - t2
     wall = time.perf_counter() - started
     splitter.close()
-    stats = stream.stats()
-    stream.stop()
-    return {
-        "name": "naive (GET, write, DELETE; new conns)",
-        "wall_s": wall,
-        "acked": stats["acked_items"],
-        "landed": lake_rows(lake),
-        "files": len(lake.files(SOURCE, "telemetry")),
-        "requests": requests_made,
-        "redelivered": stats.get("redelivered_items", 0),
-        "stop": "queue empty",
-        "spent": spent,
-    }
+    name = "naive (GET, write, DELETE; new conns)"
+    return {**outcome(name, wall, stream, lake, requests_made, "queue empty"), "spent": spent}
 
 
 def main() -> None:
@@ -164,8 +163,7 @@ def main() -> None:
         f"{'drain':40} {'items/s':>9} {'wall s':>7} {'requests':>8} {'files':>6} "
         f"{'acked':>8} {'landed':>8} {'redeliv.':>8}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in results:
         print(
             f"{r['name']:40} {r['acked'] / r['wall_s']:9,.0f} {r['wall_s']:7.2f} "

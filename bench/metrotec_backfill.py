@@ -15,13 +15,12 @@ import argparse
 import bisect
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
-from dagster import AssetKey, materialize
+from _common import print_header, run_days, temp_home
+from dagster import AssetKey
 
 from pipelines.lake import Lake
 from pipelines.settings import RateLimitSpec
@@ -35,31 +34,14 @@ KEYS = [AssetKey(["raw", "metrotec", t]) for t in ("vehicles", *TABLES)]
 
 
 def run(server: MetrotecServer, days: list[date], rate: str, label: str) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="metrotec-bench-"))
     os.environ.update(metrotec_env(server))
-    os.environ.update(
-        FLEET_LAKE_DIR=str(tmp / "lake"),
-        FLEET_FACTS_CATALOG=f"sqlite:{tmp / 'fleet_catalog.sqlite'}",
-        FLEET_FACTS_DATA_PATH=str(tmp / "facts"),
-        FLEET_STATE_URL=f"sqlite:///{tmp / 'state.sqlite3'}",
-        FLEET_START_DATE=days[0].isoformat(),
-        METROTEC_RATE_LIMIT=rate,
-    )
+    tmp = temp_home("metrotec-bench-", days[0], METROTEC_RATE_LIMIT=rate)
     from pipelines.definitions import build_defs
 
     defs = build_defs()
     server.reset_log()
     started = time.monotonic()
-    result = materialize(
-        list(defs.assets),
-        resources=defs.resources,
-        selection=KEYS,
-        tags={
-            "dagster/asset_partition_range_start": days[0].isoformat(),
-            "dagster/asset_partition_range_end": days[-1].isoformat(),
-        },
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
+    result = run_days(defs, KEYS, days)
     wall = time.monotonic() - started
     assert result.success
     meta = {}
@@ -117,8 +99,7 @@ def main() -> None:
         f"{series} series"
     )
     header = f"{'run':32} {'requests':>8} {'wall s':>8} {'floor s':>8} {'wall/floor':>10} {'req-phase/floor':>15}"
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in (baseline, real):
         floor = floor_s(r["requests"], r["rate"])
         ratio = f"{r['wall_s'] / floor:10.3f}" if floor else f"{'-':>10}"

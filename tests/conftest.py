@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import pytest
 from pipelines.simulator.world import World
 
 # Real servers (Postgres, an S3-compatible server, Redis) on 127.0.0.1, started on demand.
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.support.servers"]
 
 # A fixed world spanning the EU spring DST change (2026-03-29), seen from a fixed "now".
 WORLD_END = date(2026, 3, 31)
@@ -48,10 +49,36 @@ def facts_env(catalog_path: Path) -> dict[str, str]:
     }
 
 
+def local_settings(tmp: Path) -> dict[str, str]:
+    """The variables that keep a run's lake, facts and shared state under `tmp`, with the
+    names the `fleet_env` fixture gives them."""
+    return {
+        "FLEET_LAKE_DIR": str(tmp / "lake"),
+        **facts_env(tmp / "fleet_catalog.sqlite"),
+        "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
+    }
+
+
+@contextlib.contextmanager
+def settings_in(
+    tmp: Path, settings: dict[str, str] | None = None, clear: tuple[str, ...] = ()
+) -> Iterator[pytest.MonkeyPatch]:
+    """`fleet_env` for a module-scoped fixture (which cannot take `monkeypatch`): `tmp` as the
+    working directory (so a developer's .env is not read), the variables starting with `clear`
+    removed, `local_settings(tmp)` and `settings` set; all undone on exit."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        for key in [k for k in os.environ if clear and k.startswith(clear)]:
+            mp.delenv(key)
+        for key, value in {**local_settings(tmp), **(settings or {})}.items():
+            mp.setenv(key, value)
+        yield mp
+
+
 def fact_days(lake_dir: Path | None = None) -> dict[str, str]:
     """Run tags of the fact partitions of every day the lake (FLEET_LAKE_DIR) holds raw data for:
     the fact assets are partitioned by day, so a run of them takes a partition range."""
-    from pipelines.facts_build import DayRange
+    from pipelines.facts_build import FactRange
 
     lake = lake_dir or Path(os.environ["FLEET_LAKE_DIR"])
     days = [
@@ -61,7 +88,7 @@ def fact_days(lake_dir: Path | None = None) -> dict[str, str]:
         and any(f.name != "_schema.parquet" for f in folder.glob("*.parquet"))
     ]
     assert days, f"no raw data in {lake}"
-    return DayRange(min(days), max(days)).tags()
+    return FactRange(min(days), max(days)).tags()
 
 
 def facts_connect(catalog_path: Path, latest: bool = False) -> duckdb.DuckDBPyConnection:
@@ -79,13 +106,11 @@ def fleet_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FleetEnv:
     for key in _SOURCE_VARS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)  # so a developer's .env is not read
-    env = FleetEnv(tmp_path / "lake", tmp_path / "fleet_catalog.sqlite", tmp_path / "state.sqlite3")
-    monkeypatch.setenv("FLEET_LAKE_DIR", str(env.lake_dir))
-    for key, value in facts_env(env.catalog_path).items():
+    for key, value in {**local_settings(tmp_path), "FLEET_START_DATE": "2025-12-01"}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("FLEET_STATE_URL", f"sqlite:///{env.state_db}")
-    monkeypatch.setenv("FLEET_START_DATE", "2025-12-01")
-    return env
+    return FleetEnv(
+        tmp_path / "lake", tmp_path / "fleet_catalog.sqlite", tmp_path / "state.sqlite3"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,12 @@ from typing import Any
 
 import duckdb
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey
 
-from pipelines.definitions import build_defs
 from pipelines.simulator.autopi import AutoPiServer, env
 from pipelines.simulator.world import World
-from tests.conftest import fact_days, facts_connect, facts_env
+from tests.conftest import fact_days, facts_connect, facts_env, settings_in
+from tests.support.runs import run_assets
 
 MODELS = [
     "autopi_vehicle_tanks",
@@ -51,23 +51,14 @@ def built_env(tmp_path_factory, world: World) -> Path:
     """One AutoPi landing and one build of its models, shared by the module's tests."""
     tmp = tmp_path_factory.mktemp("autopi_facts")
     now = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
-    with AutoPiServer(world, clock=lambda: now) as server, pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        for key, value in {
-            **env(server),
-            "FLEET_LAKE_DIR": str(tmp / "lake"),
-            **facts_env(tmp / "fleet_catalog.sqlite"),
-            "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
-            "FLEET_START_DATE": "2026-03-01",
-        }.items():
-            mp.setenv(key, value)
-        defs = build_defs()
+    start = {"FLEET_START_DATE": "2026-03-01"}
+    with (
+        AutoPiServer(world, clock=lambda: now) as server,
+        settings_in(tmp, {**env(server), **start}),
+    ):
         raw = [AssetKey(["raw", "autopi", "trips"]), AssetKey(["raw", "autopi", "datapoints"])]
-        assert materialize(list(defs.assets), resources=defs.resources, selection=raw).success
-        models = [AssetKey([m]) for m in MODELS]
-        assert materialize(
-            list(defs.assets), resources=defs.resources, selection=models, tags=fact_days()
-        ).success
+        assert run_assets(raw).success
+        assert run_assets([AssetKey([m]) for m in MODELS], tags=fact_days()).success
     return tmp
 
 
@@ -161,16 +152,11 @@ def test_a_daily_incremental_build_equals_a_full_build(
     monkeypatch.setenv("FLEET_LAKE_DIR", str(lake))
     for key, value in facts_env(tmp_path / "fleet_catalog.sqlite").items():
         monkeypatch.setenv(key, value)
-    defs = build_defs()
     models = [AssetKey([m]) for m in MODELS]
-    assert materialize(
-        list(defs.assets), resources=defs.resources, selection=models, tags=fact_days()
-    ).success
+    assert run_assets(models, tags=fact_days()).success
     for table in ("trips", "datapoints"):
         shutil.copytree(held / table, lake / "autopi" / table, dirs_exist_ok=True)
-    assert materialize(
-        list(defs.assets), resources=defs.resources, selection=models, tags=fact_days()
-    ).success
+    assert run_assets(models, tags=fact_days()).success
     with facts_connect(tmp_path / "fleet_catalog.sqlite") as incremental:
         for model, key in [
             ("int_autopi__speed_intervals", "source_trip_id, line_no"),

@@ -17,35 +17,21 @@ from dagster import (
     DagsterInstance,
     MetadataValue,
     build_sensor_context,
-    materialize,
 )
 
 from pipelines.definitions import build_defs
 from pipelines.facts_build import FACTS_SENSOR, RANGE_END, RANGE_START
 from tests.conftest import FleetEnv, facts_env
-from tests.facts_compare import differences
-from tests.kt1_support import TABLES, run_drain, small_world, start_server
+from tests.support.facts_compare import differences
+from tests.support.kt1_support import TABLES, run_drain, small_world, start_server
+from tests.support.runs import fact_keys, run_assets
 
 FIRST, LAST = date(2024, 5, 4), date(2024, 5, 15)
 LATE = date(2024, 5, 5)  # ten days before the last
 
 
 def _build(tags: dict[str, str], instance: DagsterInstance) -> None:
-    defs = build_defs()
-    keys = [
-        k
-        for k in defs.resolve_asset_graph().get_all_asset_keys()
-        if k.path[0] not in {"raw", "fleet_report"}
-    ]
-    result = materialize(
-        list(defs.assets),
-        resources=defs.resources,
-        selection=keys,
-        tags=tags,
-        instance=instance,
-        raise_on_error=False,
-    )
-    assert result.success
+    assert run_assets(fact_keys(), tags=tags, instance=instance, raise_on_error=False).success
 
 
 def _tick(instance: DagsterInstance, cursor: str | None) -> Any:

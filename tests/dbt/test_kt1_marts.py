@@ -18,7 +18,7 @@ from pipelines.simulator.avl import AvlServer
 from pipelines.simulator.avl import env as avl_env
 from pipelines.simulator.world import World
 from tests.conftest import fact_days, facts_connect, facts_env
-from tests.kt1_support import run_drain, start_server
+from tests.support.kt1_support import run_drain, start_server
 
 NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 REPORT_INTERVAL_S = 30.0  # the simulator's telemetry interval: the resolution of idle periods

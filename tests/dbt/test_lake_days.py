@@ -9,40 +9,19 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance
 
-from pipelines.definitions import build_defs
 from tests.conftest import FleetEnv, facts_connect, facts_env
-from tests.facts_compare import differences
+from tests.support.facts_compare import differences
+from tests.support.runs import fact_keys, range_tags, run_assets
 
 FIRST, LAST = date(2026, 3, 1), date(2026, 3, 6)
 DAY = date(2026, 3, 4)
 PER_DAY = "select day, count(*) from stg_avl__trips group by day"
 
 
-def _range(first: date, last: date) -> dict[str, str]:
-    return {
-        "dagster/asset_partition_range_start": first.isoformat(),
-        "dagster/asset_partition_range_end": last.isoformat(),
-    }
-
-
 def _run(selection: list[AssetKey], tags: dict[str, str], instance: DagsterInstance) -> None:
-    defs = build_defs()
-    result = materialize(
-        list(defs.assets),
-        resources=defs.resources,
-        selection=selection,
-        tags=tags,
-        instance=instance,
-        raise_on_error=False,
-    )
-    assert result.success
-
-
-def _dbt_keys() -> list[AssetKey]:
-    graph = build_defs().resolve_asset_graph()
-    return [k for k in graph.get_all_asset_keys() if k.path[0] not in {"raw", "fleet_report"}]
+    assert run_assets(selection, tags=tags, instance=instance, raise_on_error=False).success
 
 
 def _day_file(lake: Path, day: date) -> Path:
@@ -55,8 +34,8 @@ def test_one_day_partition_rebuilds_that_day_only_and_ends_as_a_full_build(
 ) -> None:
     lake = avl_env.lake_dir
     with DagsterInstance.ephemeral() as instance:
-        _run([AssetKey(["raw", "avl", "trips"])], _range(FIRST, LAST), instance)
-        _run(_dbt_keys(), _range(FIRST, LAST), instance)
+        _run([AssetKey(["raw", "avl", "trips"])], range_tags(FIRST, LAST), instance)
+        _run(fact_keys(), range_tags(FIRST, LAST), instance)
         with avl_env.facts(latest=True) as con:
             before = dict(con.execute(PER_DAY).fetchall())
         assert all(before.get(date(2026, 3, d), 0) > 0 for d in (2, 4, 5))
@@ -68,7 +47,7 @@ def test_one_day_partition_rebuilds_that_day_only_and_ends_as_a_full_build(
         changed = _day_file(lake, DAY)
         pq.write_table(pq.read_table(changed).slice(1), changed)
 
-        _run(_dbt_keys(), _range(DAY, DAY), instance)
+        _run(fact_keys(), range_tags(DAY, DAY), instance)
         with avl_env.facts(latest=True) as con:
             after = dict(con.execute(PER_DAY).fetchall())
         assert after[DAY] == before[DAY] - 1
@@ -87,7 +66,7 @@ def test_one_day_partition_rebuilds_that_day_only_and_ends_as_a_full_build(
     for key, value in facts_env(fresh).items():
         monkeypatch.setenv(key, value)
     with DagsterInstance.ephemeral() as instance:
-        _run(_dbt_keys(), _range(FIRST, LAST), instance)
+        _run(fact_keys(), range_tags(FIRST, LAST), instance)
     with facts_connect(fresh, latest=True) as con:
         assert con.execute("select count(*) from fct_trips").fetchone()[0] > 0
     assert differences(avl_env.catalog_path, fresh) == {}
@@ -96,10 +75,10 @@ def test_one_day_partition_rebuilds_that_day_only_and_ends_as_a_full_build(
 def test_a_day_without_raw_data_builds_empty(avl_env: FleetEnv) -> None:
     """A partition whose lake days are gone (or never landed) holds no rows: its old rows go."""
     with DagsterInstance.ephemeral() as instance:
-        _run([AssetKey(["raw", "avl", "trips"])], _range(FIRST, LAST), instance)
-        _run(_dbt_keys(), _range(FIRST, LAST), instance)
+        _run([AssetKey(["raw", "avl", "trips"])], range_tags(FIRST, LAST), instance)
+        _run(fact_keys(), range_tags(FIRST, LAST), instance)
         shutil.rmtree(avl_env.lake_dir / "avl" / "trips" / f"day={DAY.isoformat()}")
-        _run(_dbt_keys(), _range(DAY, DAY), instance)
+        _run(fact_keys(), range_tags(DAY, DAY), instance)
     with avl_env.facts(latest=True) as con:
         days = dict(con.execute(PER_DAY).fetchall())
         trips = con.execute(

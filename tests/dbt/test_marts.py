@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey
 
 from pipelines.definitions import build_defs
 from pipelines.simulator.avl import AvlServer
-from tests.conftest import fact_days, facts_connect, facts_env
+from tests.conftest import fact_days, facts_connect, facts_env, settings_in
+from tests.support.runs import range_tags, run_assets
 
 FIRST, LAST = date(2026, 3, 1), date(2026, 3, 14)
 
@@ -29,44 +30,17 @@ def built_env(tmp_path_factory, avl_sim: AvlServer):
     from pipelines.simulator.avl import env
 
     tmp = tmp_path_factory.mktemp("marts")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        for key, value in {
-            **env(avl_sim),
-            "FLEET_LAKE_DIR": str(tmp / "lake"),
-            **facts_env(tmp / "fleet_catalog.sqlite"),
-            "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
-            "FLEET_START_DATE": "2025-12-01",
-        }.items():
-            mp.setenv(key, value)
-        _build()
+    with settings_in(tmp, {**env(avl_sim), "FLEET_START_DATE": "2025-12-01"}):
+        assert run_assets([AssetKey(["raw", "avl", "trips"])], tags=range_tags(FIRST, LAST)).success
+        facts = run_assets("kind:dbt", tags=fact_days())
+        assert facts.success  # includes every dbt data test
         yield tmp
-
-
-def _build() -> None:
-    defs = build_defs()
-    tags = {
-        "dagster/asset_partition_range_start": FIRST.isoformat(),
-        "dagster/asset_partition_range_end": LAST.isoformat(),
-    }
-    raw = materialize(
-        list(defs.assets),
-        resources=defs.resources,
-        selection=[AssetKey(["raw", "avl", "trips"])],
-        tags=tags,
-    )
-    assert raw.success
-    facts = materialize(
-        list(defs.assets), resources=defs.resources, selection="kind:dbt", tags=fact_days()
-    )
-    assert facts.success  # includes every dbt data test
 
 
 @pytest.fixture
 def built(built_env):
-    con = facts_connect(built_env / "fleet_catalog.sqlite")
-    yield con
-    con.close()
+    with facts_connect(built_env / "fleet_catalog.sqlite") as con:
+        yield con
 
 
 def test_raw_avl_trips_is_the_upstream_of_its_staging_model(fleet_env) -> None:
@@ -131,10 +105,7 @@ def test_trip_ids_are_stable_across_rebuilds(built_env, monkeypatch) -> None:
     for key, value in facts_env(built_env / "fleet_catalog.sqlite").items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("FLEET_LAKE_DIR", str(built_env / "lake"))
-    defs = build_defs()
-    assert materialize(
-        list(defs.assets), resources=defs.resources, selection="kind:dbt", tags=fact_days()
-    ).success
+    assert run_assets("kind:dbt", tags=fact_days()).success
     assert trip_ids() == before
 
 

@@ -7,19 +7,17 @@ from collections import Counter
 from datetime import UTC, date
 
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey
 
 from pipelines.definitions import build_defs
 from pipelines.simulator.avl import AvlServer
 from pipelines.simulator.metrotec import IDLE_STOP_MIN_S
-from tests.conftest import SIM_NOW, fact_days, facts_connect, facts_env
-from tests.metrotec_support import ScriptedMetrotecServer, day_bounds, truth_trips
+from tests.conftest import SIM_NOW, fact_days, facts_connect, settings_in
+from tests.support.metrotec_support import ScriptedMetrotecServer, day_bounds, truth_trips
+from tests.support.runs import range_tags, run_assets
 
 FIRST, LAST = date(2026, 3, 2), date(2026, 3, 15)
-RANGE_TAGS = {
-    "dagster/asset_partition_range_start": FIRST.isoformat(),
-    "dagster/asset_partition_range_end": LAST.isoformat(),
-}
+RANGE_TAGS = range_tags(FIRST, LAST)
 METROTEC = [
     AssetKey(["raw", "metrotec", t])
     for t in ("vehicles", "routelog", "stops", "refuels", "fuel_levels")
@@ -43,27 +41,16 @@ def built(tmp_path_factory, sims):
 
     avl, metrotec = sims
     tmp = tmp_path_factory.mktemp("metrotec-marts")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        for key, value in {
-            **avl_env(avl),
-            **metrotec_env(metrotec),
-            "METROTEC_RATE_LIMIT": "1000/1",
-            "FLEET_LAKE_DIR": str(tmp / "lake"),
-            **facts_env(tmp / "fleet_catalog.sqlite"),
-            "FLEET_STATE_URL": f"sqlite:///{tmp / 'state.sqlite3'}",
-            "FLEET_START_DATE": "2025-12-01",
-        }.items():
-            mp.setenv(key, value)
-        defs = build_defs()
-        raw = [AssetKey(["raw", "avl", "trips"]), *METROTEC]
-        landing = materialize(
-            list(defs.assets), resources=defs.resources, selection=raw, tags=RANGE_TAGS
-        )
+    settings = {
+        **avl_env(avl),
+        **metrotec_env(metrotec),
+        "METROTEC_RATE_LIMIT": "1000/1",
+        "FLEET_START_DATE": "2025-12-01",
+    }
+    with settings_in(tmp, settings):
+        landing = run_assets([AssetKey(["raw", "avl", "trips"]), *METROTEC], tags=RANGE_TAGS)
         assert landing.success
-        facts = materialize(
-            list(defs.assets), resources=defs.resources, selection="kind:dbt", tags=fact_days()
-        )
+        facts = run_assets("kind:dbt", tags=fact_days())
         assert facts.success  # every dbt data test included
     con = facts_connect(tmp / "fleet_catalog.sqlite")
     yield con

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from pipelines.lake import Lake
 from pipelines.resources import LakeResource
 from pipelines.settings import MissingCredentialError
 from pipelines.simulator.autopi import AutoPiServer
+from pipelines.simulator.clock import ManualClock
 from pipelines.simulator.world import World
 from pipelines.sources.autopi.assets import OP_NAME, build_autopi_exports, build_autopi_sensor
 from pipelines.sources.autopi.resources import AutoPiResource
@@ -26,27 +27,19 @@ from pipelines.sources.autopi.webhook import SECRET_HEADER, WebhookServer, make_
 SECRET = "hook-secret-123"
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def world() -> World:
     return World(seed=5, vehicles=6, days=1, end_day=date(2026, 3, 31))
 
 
 @pytest.fixture
-def clock(world: World) -> Clock:
+def clock(world: World) -> ManualClock:
     last = world.trips(vehicle_indexes=[v.index for v in world.vehicles_of("autopi")])[-1]
-    return Clock(last.ended_at + timedelta(seconds=120))
+    return ManualClock(last.ended_at + timedelta(seconds=120))
 
 
 @pytest.fixture
-def server(world: World, clock: Clock) -> Iterator[AutoPiServer]:
+def server(world: World, clock: ManualClock) -> Iterator[AutoPiServer]:
     with AutoPiServer(world, clock=clock, rerun_delay_s=30) as srv:
         yield srv
 
@@ -101,6 +94,16 @@ def finished_tasks(server: AutoPiServer) -> list[int]:
     return sorted(t["id"] for t in listed if t["state"] == "SUCCESS")
 
 
+def land_finished(server: AutoPiServer, lake_dir: Path) -> list[int]:
+    """Record every finished export as landed and cleared, as a run would; their task ids."""
+    done = finished_tasks(server)
+    with ledger_of(lake_dir) as ledger:
+        for task_id in done:
+            ledger.record_landed(task_id, f"trip-{task_id}", "sha", "2026-03-31")
+            ledger.record_cleared(task_id)
+    return done
+
+
 def test_the_sensor_asks_for_every_finished_export_and_not_twice(
     fleet_env, server: AutoPiServer, lake_dir: Path
 ) -> None:
@@ -124,13 +127,9 @@ def test_the_sensor_skips_with_one_line_when_the_token_is_missing(
 
 
 def test_landed_exports_are_not_asked_for_but_a_reexport_seen_pending_is(
-    fleet_env, server: AutoPiServer, clock: Clock, lake_dir: Path
+    fleet_env, server: AutoPiServer, clock: ManualClock, lake_dir: Path
 ) -> None:
-    done = finished_tasks(server)
-    with ledger_of(lake_dir) as ledger:
-        for task_id in done:
-            ledger.record_landed(task_id, f"trip-{task_id}", "sha", "2026-03-31")
-            ledger.record_cleared(task_id)
+    done = land_finished(server, lake_dir)
     result, cursor = tick(server, lake_dir)
     assert requested(result) == []
     trip_id = server._tasks[done[0]].trip.trip_id
@@ -145,11 +144,7 @@ def test_landed_exports_are_not_asked_for_but_a_reexport_seen_pending_is(
 def test_a_signal_makes_the_next_tick_ask_for_that_export(
     fleet_env, server: AutoPiServer, lake_dir: Path, receiver: WebhookServer
 ) -> None:
-    done = finished_tasks(server)
-    with ledger_of(lake_dir) as ledger:
-        for task_id in done:
-            ledger.record_landed(task_id, f"trip-{task_id}", "sha", "2026-03-31")
-            ledger.record_cleared(task_id)
+    done = land_finished(server, lake_dir)
     _, cursor = tick(server, lake_dir)
     body = {"signal": "trip_export_finished", "task_id": done[1], "trip_id": "x"}
     resp = requests.post(receiver.url, json=body, headers={SECRET_HEADER: SECRET}, timeout=5)
@@ -176,7 +171,7 @@ def test_the_webhook_rejects_a_missing_or_wrong_secret(
 
 
 def test_the_webhook_records_the_simulators_signals(
-    world: World, clock: Clock, receiver: WebhookServer, lake_dir: Path
+    world: World, clock: ManualClock, receiver: WebhookServer, lake_dir: Path
 ) -> None:
     with AutoPiServer(
         world, clock=clock, webhook_url=receiver.url, webhook_secret=SECRET, webhook_poll_s=0

@@ -142,26 +142,21 @@ def test_device_ids_are_batched_by_500() -> None:
     assert device_batches([]) == [None]
 
 
-def test_client_reads_every_page_with_the_minimum_requests(avl_sim: AvlServer) -> None:
-    client = AvlClient(
-        avl_sim.url,
-        token=avl_sim.token,
-        api_key=avl_sim.api_key,
-        tenant=avl_sim.tenant,
-        limiter=None,
+def _client(server: AvlServer) -> AvlClient:
+    """A client of the simulator with no rate limiter: these tests count requests only."""
+    return AvlClient(
+        server.url, token=server.token, api_key=server.api_key, tenant=server.tenant, limiter=None
     )
+
+
+def test_client_reads_every_page_with_the_minimum_requests(avl_sim: AvlServer) -> None:
+    client = _client(avl_sim)
     window = plan_windows([date(2026, 3, 1) + timedelta(days=i) for i in range(10)], TALLINN)[0]
     rows = [r for page in client.iter_trip_pages(window) for r in page.rows]
     expected = avl_sim.expected_rows(window.startdate, window.enddate)
     assert rows == expected
     # Paging ends on a short page: rows // 100 + 1 requests (= ceil(rows/100) unless a multiple).
     assert len(expected) % 100 and client.stats.requests == len(expected) // 100 + 1
-
-
-def _client(server: AvlServer) -> AvlClient:
-    return AvlClient(
-        server.url, token=server.token, api_key=server.api_key, tenant=server.tenant, limiter=None
-    )
 
 
 def test_a_stale_meta_total_on_the_first_page_does_not_end_paging(avl_sim: AvlServer) -> None:
@@ -196,13 +191,7 @@ def test_bad_values_are_sent_as_configured_including_json_nan(avl_sim: AvlServer
 
 
 def test_client_sends_device_batches_as_a_comma_list(avl_sim: AvlServer) -> None:
-    client = AvlClient(
-        avl_sim.url,
-        token=avl_sim.token,
-        api_key=avl_sim.api_key,
-        tenant=avl_sim.tenant,
-        limiter=None,
-    )
+    client = _client(avl_sim)
     window = plan_windows([date(2026, 3, 2)], TALLINN)[0]
     vehicle = avl_sim.world.vehicles[2]
     rows = [

@@ -8,13 +8,14 @@ from zoneinfo import ZoneInfo
 
 import pyarrow.compute as pc
 import pytest
-from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult
 
 from pipelines.definitions import build_defs
 from pipelines.lake import Lake
 from pipelines.simulator.avl import AvlServer
 from pipelines.sources.avl.client import plan_windows
 from tests.conftest import WORLD_END
+from tests.support.runs import range_tags, run_assets
 
 AVL_KEY = AssetKey(["raw", "avl", "trips"])
 TALLINN = ZoneInfo("Europe/Tallinn")
@@ -26,15 +27,9 @@ def run_avl(
     run_config: dict | None = None,
     instance: DagsterInstance | None = None,
 ) -> ExecuteInProcessResult:
-    defs = build_defs()
-    return materialize(
-        list(defs.assets),
-        resources=defs.resources,
-        selection=[AVL_KEY],
-        tags={
-            "dagster/asset_partition_range_start": first.isoformat(),
-            "dagster/asset_partition_range_end": last.isoformat(),
-        },
+    return run_assets(
+        [AVL_KEY],
+        tags=range_tags(first, last),
         run_config=run_config,
         instance=instance,
         raise_on_error=False,

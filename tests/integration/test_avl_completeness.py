@@ -21,7 +21,7 @@ from pipelines.settings import SettingError
 from pipelines.simulator.avl import AvlServer
 from pipelines.sources.avl.client import plan_windows
 from pipelines.sources.avl.resources import AvlResource
-from tests.integration.test_avl_asset import AVL_KEY, run_avl
+from tests.integration.test_avl_asset import AVL_KEY, landed, metadata, run_avl, truth
 
 TALLINN = ZoneInfo("Europe/Tallinn")
 DAY = date(2026, 3, 30)
@@ -30,37 +30,13 @@ FLOATS = ("trip_start_lat", "trip_start_lon", "trip_end_lat", "trip_end_lon", "k
 FLOATS += ("duration_min", "idle_min", "max_speed", "fuel", "cost")
 
 
-def metadata(result: ExecuteInProcessResult) -> dict:
-    event = result.get_asset_materialization_events()[-1]
-    return {k: v.value for k, v in event.materialization.metadata.items()}
-
-
 def failure(result: ExecuteInProcessResult):
     assert not result.success
     return result.get_step_failure_events()[0].step_failure_data.user_failure_data
 
 
-def landed(env) -> list[dict]:
-    table = Lake(env.lake_dir).read("avl", "trips")
-    return (
-        table.drop_columns(["extracted_at"])
-        .sort_by([("trip_start", "ascending"), ("device_name", "ascending")])
-        .to_pylist()
-    )
-
-
 def day_file(env, day: date = DAY):
     return Lake(env.lake_dir).partition_dir("avl", "trips", day) / "data.parquet"
-
-
-def truth(server: AvlServer, first: date, last: date) -> set[tuple[str, datetime]]:
-    start = datetime.combine(first, datetime.min.time(), UTC)
-    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
-    return {
-        (server.world.vehicles[t.vehicle_index].avl_device_name, t.started_at)
-        for t in server.world.trips(start, end)
-        if "avl" in server.world.vehicles[t.vehicle_index].sources
-    }
 
 
 def keys(rows: list[dict]) -> set[tuple[str, datetime]]:

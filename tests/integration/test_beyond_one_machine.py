@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,16 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from pipelines.facts import FactsCatalog
-from tests.facts_compare import differences, row_counts
-from tests.reconciliation_support import build_everything, reconciliation_world
-from tests.servers import PostgresServer, Process, RedisServer, S3Server
+from tests.support.facts_compare import differences, row_counts
+from tests.support.reconciliation_support import build_everything, reconciliation_world
+from tests.support.servers import (
+    PostgresServer,
+    Process,
+    RedisServer,
+    S3Server,
+    start_celery_workers,
+    stop_workers,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,36 +57,8 @@ class CeleryRuns:
         self.outputs: list[str] = []
 
     def _start_workers(self) -> None:
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        for name in ("w1", "w2"):
-            worker = Process.start(
-                name,
-                [
-                    str(BIN / "dagster-celery"),
-                    "worker",
-                    "start",
-                    "-A",
-                    "dagster_celery.app",
-                    "-y",
-                    str(DEPLOY / "celery.yaml"),
-                    "-n",
-                    name,
-                    "--",
-                    "--pool=solo",
-                    "--without-mingle",
-                    "--without-gossip",
-                ],
-                self.tmp / f"{name}.log",
-                env=env,
-                cwd=self.tmp,
-            )
-            self.workers.append(worker)
-        for worker in self.workers:
-            deadline = time.monotonic() + 120
-            while not re.search(rf"{worker.name}@\S+ ready", worker.log_tail(50)):
-                assert worker.alive(), f"worker {worker.name} exited:\n{worker.log_tail()}"
-                assert time.monotonic() < deadline, f"worker {worker.name} not ready"
-                time.sleep(0.2)
+        workers = start_celery_workers(("w1", "w2"), DEPLOY / "celery.yaml", self.tmp, 120)
+        self.workers.extend(workers.values())
 
     def __call__(
         self, assets: Any, *, selection: Any, tags: dict[str, str] | None, **_: Any
@@ -125,9 +102,7 @@ class CeleryRuns:
         return type("Done", (), {"success": True})()
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.grace_s = 10.0
-            worker.stop()
+        stop_workers(self.workers)
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, materialize
+from dagster import AssetKey
 
-from pipelines.definitions import build_defs
 from pipelines.simulator.kt1 import Kt1Server
 from pipelines.simulator.world import World
-from tests.conftest import fact_days, facts_connect, facts_env
-from tests.kt1_support import (
+from tests.conftest import fact_days, facts_connect, settings_in
+from tests.support.kt1_support import (
     TOKEN,
     identities,
     lake_rows,
@@ -34,6 +33,7 @@ from tests.kt1_support import (
     start_server,
     wait_until,
 )
+from tests.support.runs import run_assets
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["after_get", "mid_write", "inside_write", "after_write", "after_delete"]
@@ -54,7 +54,7 @@ def kill_drain_at(server: Kt1Server, lake_dir: Path, stage: str) -> int:
     command = [
         sys.executable,
         "-m",
-        "tests.kt1_crash_child",
+        "tests.support.kt1_crash_child",
         server.url,
         str(lake_dir),
         stage,
@@ -73,14 +73,7 @@ def crashed(tmp_path_factory):
     """Every stage crashed and recovered into one lake, then staging built once."""
     tmp = tmp_path_factory.mktemp("kt1-crash")
     scenarios: dict[str, Scenario] = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        for key in [k for k in os.environ if k.startswith(("KT1_", "FLEET_"))]:
-            mp.delenv(key)
-        mp.setenv("FLEET_LAKE_DIR", str(tmp / "lake"))
-        for key, value in facts_env(tmp / "fleet_catalog.sqlite").items():
-            mp.setenv(key, value)
-        mp.setenv("FLEET_STATE_URL", f"sqlite:///{tmp / 'state.sqlite3'}")
+    with settings_in(tmp, clear=("KT1_", "FLEET_")):
         try:
             for n, stage in enumerate(STAGES):
                 world = small_world(seed=40 + n)
@@ -90,13 +83,7 @@ def crashed(tmp_path_factory):
             for scenario in scenarios.values():
                 wait_until(lambda s=scenario: s.server.in_flight() == 0)  # redelivered
                 assert run_drain(scenario.server).success
-            defs = build_defs()
-            built = materialize(
-                list(defs.assets),
-                resources=defs.resources,
-                selection=[AssetKey(name) for name in STAGING],
-                tags=fact_days(),
-            )
+            built = run_assets([AssetKey(name) for name in STAGING], tags=fact_days())
             assert built.success  # includes the unique/not_null tests of every staging key
         finally:
             for scenario in scenarios.values():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -32,9 +31,9 @@ from pipelines.simulator.kt1 import Kt1Server, env
 from pipelines.sources.kt1.assets import QUEUE_TAG
 from pipelines.sources.kt1.client import Kt1Client
 from pipelines.sources.kt1.drain import SCHEMA_FILE, drain_lock, drain_stream
-from pipelines.sources.kt1.extract import QUARANTINE, TABLE_OF_TYPE, TABLES
-from tests.conftest import facts_env
-from tests.kt1_support import (
+from pipelines.sources.kt1.schemas import QUARANTINE, TABLE_OF_TYPE, TABLES
+from tests.conftest import settings_in
+from tests.support.kt1_support import (
     BEFORE_ANY_DATA,
     TOKEN,
     bad_value,
@@ -97,14 +96,7 @@ def witnessed(world, tmp_path_factory) -> Iterator[Witnessed]:
     """One real drain of a stream with 4% malformed items and 4% spoiled values (NaN,
     Infinity, "12,5", a date that is no date), shared by the read-only tests."""
     tmp = tmp_path_factory.mktemp("kt1-witnessed")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        for key in [k for k in os.environ if k.startswith(("KT1_", "FLEET_"))]:
-            mp.delenv(key)
-        mp.setenv("FLEET_LAKE_DIR", str(tmp / "lake"))
-        for key, value in facts_env(tmp / "fleet_catalog.sqlite").items():
-            mp.setenv(key, value)
-        mp.setenv("FLEET_STATE_URL", f"sqlite:///{tmp / 'state.sqlite3'}")
+    with settings_in(tmp, clear=("KT1_", "FLEET_")):
         # Redelivery is not what this drain is about: a batch held past 1.5 s on a loaded
         # machine came back and was counted twice (deliveries > acks). Redelivery has its own
         # tests below.

@@ -30,9 +30,9 @@ from pipelines.sources.metrotec.assets import (
     SCHEDULE_NAME,
 )
 from pipelines.sources.metrotec.client import parse_time
-from pipelines.sources.metrotec.extract import hms_seconds
+from pipelines.sources.metrotec.values import hms_seconds
 from tests.conftest import SIM_NOW
-from tests.metrotec_support import DROP, ScriptedMetrotecServer, day_bounds, truth_trips
+from tests.support.metrotec_support import DROP, ScriptedMetrotecServer, day_bounds, truth_trips
 
 VEHICLES = AssetKey(["raw", "metrotec", "vehicles"])
 TABLES = ("routelog", "stops", "refuels", "fuel_levels")

@@ -20,7 +20,7 @@ from pipelines.sources.metrotec.client import (
     format_time,
 )
 from tests.conftest import SIM_NOW
-from tests.metrotec_support import ScriptedMetrotecServer, day_bounds, ts
+from tests.support.metrotec_support import ScriptedMetrotecServer, day_bounds, ts
 
 FIRST, LAST = date(2026, 3, 9), date(2026, 3, 11)
 USER_AGENT = "AcmeFleet/2.1 (fleet-pipelines tests)"

@@ -18,7 +18,7 @@ import pytest
 from pipelines.simulator.truth import DayTruth, day_truths, identities, trips_by_start
 from pipelines.simulator.world import Trip, Vehicle, World
 from tests.conftest import facts_connect
-from tests.reconciliation_support import (
+from tests.support.reconciliation_support import (
     AUTOPI_SAMPLE_S,
     IDLE_PERIOD_MIN_S,
     SOURCES,

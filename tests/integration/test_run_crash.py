@@ -165,6 +165,20 @@ def home(tmp_path: Path, sims: Simulators) -> Iterator[tuple[dict[str, str], Dag
         instance.dispose()
 
 
+def failure_of(instance: DagsterInstance, run: object) -> str:
+    """What a failed run said: its error events, so a failure here explains itself."""
+    errors = [
+        (
+            entry.dagster_event.event_specific_data.error.to_string()  # type: ignore[union-attr]
+            if getattr(entry.dagster_event.event_specific_data, "error", None)
+            else entry.message
+        )
+        for entry in instance.all_logs(run.run_id)  # type: ignore[attr-defined]
+        if entry.dagster_event is not None and entry.dagster_event.is_failure
+    ]
+    return f"{run.job_name} ended {run.status.value}: " + " | ".join(errors)[-3000:]  # type: ignore[attr-defined]
+
+
 def runs(instance: DagsterInstance, *statuses: DagsterRunStatus) -> list:
     return list(instance.get_runs(RunsFilter(statuses=list(statuses)) if statuses else None))
 
@@ -196,23 +210,9 @@ def test_a_killed_run_frees_its_source_and_the_next_run_completes(
     assert instance.get_run_by_id(dead.run_id).status == DagsterRunStatus.STARTED
 
     # The next run of the source goes through the queue, as a schedule's or sensor's would.
-    launch = subprocess.run(
-        [
-            str(BIN / "dagster"),
-            "job",
-            "launch",
-            "-w",
-            str(REPO / "workspace.yaml"),
-            "-j",
-            spec.job,
-            *spec.tags,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    workspace = str(REPO / "workspace.yaml")
+    command = [str(BIN / "dagster"), "job", "launch", "-w", workspace, "-j", spec.job, *spec.tags]
+    launch = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert launch.returncode == 0, launch.stdout + launch.stderr
     finished = wait_for(
         "the queued run to finish",
@@ -227,7 +227,7 @@ def test_a_killed_run_frees_its_source_and_the_next_run_completes(
         600,
         lambda: run_states(instance),
     )
-    assert finished[0].status == DagsterRunStatus.SUCCESS, source
+    assert finished[0].status == DagsterRunStatus.SUCCESS, failure_of(instance, finished[0])
     failed = instance.get_run_by_id(dead.run_id)
     assert failed.status == DagsterRunStatus.FAILURE
     LANDED_ONCE[source](Lake(Path(env["FLEET_LAKE_DIR"])), sims)

@@ -1,4 +1,4 @@
-"""The real servers of tests/servers.py answer real clients, and stopping them leaves nothing."""
+"""The real servers of tests/support/servers.py answer real clients, and stopping them leaves nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 import redis
 
-from tests.servers import (
+from tests.support.servers import (
     PostgresServer,
     Process,
     RedisServer,

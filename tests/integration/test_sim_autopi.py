@@ -219,29 +219,29 @@ def test_result_of_an_unfinished_or_unknown_task_is_404(
 
 
 # --- clear / remove -------------------------------------------------------------------------
-def test_clear_result_removes_the_result_and_counts_every_call(
-    server: AutoPiServer, clock: Clock, autopi_trips: list[Trip]
+@pytest.mark.parametrize("verb", ["clear_result", "remove_result"])
+def test_clear_and_remove_result_remove_the_result_and_count_the_call(
+    server: AutoPiServer, clock: Clock, autopi_trips: list[Trip], verb: str
 ) -> None:
     trip = finished(server, clock, autopi_trips)[0]
     task_id = tasks_by_trip(server)[trip.trip_id]["id"]
     assert get(server, f"tasks/{task_id}/result/").status_code == 200
-    assert get(server, f"tasks/{task_id}/clear_result/").status_code == 200
+    assert get(server, f"tasks/{task_id}/{verb}/").status_code == 200
     assert get(server, f"tasks/{task_id}/result/").status_code == 404
-    assert post(server, f"tasks/{task_id}/clear_result/").status_code == 200  # idempotent
-    assert server.clear_calls[task_id] == 2
-    assert sum(server.clear_calls.values()) == 2
-    assert tasks_by_trip(server)[trip.trip_id]["state"] == "SUCCESS", "cleared tasks stay listed"
+    assert server.clear_calls[task_id] == 1
+    assert get(server, "tasks/999999/clear_result/").status_code == 404
 
 
-def test_remove_result_removes_the_result_too(
+def test_clear_result_again_is_idempotent_counted_and_leaves_the_task_listed(
     server: AutoPiServer, clock: Clock, autopi_trips: list[Trip]
 ) -> None:
     trip = finished(server, clock, autopi_trips)[1]
     task_id = tasks_by_trip(server)[trip.trip_id]["id"]
-    assert get(server, f"tasks/{task_id}/remove_result/").status_code == 200
-    assert get(server, f"tasks/{task_id}/result/").status_code == 404
-    assert server.clear_calls[task_id] == 1
-    assert get(server, "tasks/999999/clear_result/").status_code == 404
+    assert get(server, f"tasks/{task_id}/clear_result/").status_code == 200
+    assert post(server, f"tasks/{task_id}/clear_result/").status_code == 200  # idempotent
+    assert server.clear_calls[task_id] == 2
+    assert sum(server.clear_calls.values()) == 2
+    assert tasks_by_trip(server)[trip.trip_id]["state"] == "SUCCESS", "cleared tasks stay listed"
 
 
 def test_results_expire_after_the_retention_but_the_task_stays_listed(

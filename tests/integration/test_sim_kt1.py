@@ -57,32 +57,29 @@ def clock() -> Clock:
     return Clock(datetime(2024, 5, 15, 12, 0, tzinfo=UTC))
 
 
-@pytest.fixture
-def server(world: World, clock: Clock) -> Iterator[Kt1Server]:
-    """The world's kt1 stream at noon of its last day."""
-    with Kt1Server(
+def _stream(world: World, clock: Clock) -> Kt1Server:
+    """The world's kt1 stream with this module's short timings and batch size."""
+    return Kt1Server(
         world,
         token=TOKEN,
         clock=clock,
         long_poll_s=LONG_POLL_S,
         redelivery_s=REDELIVERY_S,
         batch_size=BATCH,
-    ) as srv:
+    )
+
+
+@pytest.fixture
+def server(world: World, clock: Clock) -> Iterator[Kt1Server]:
+    """The world's kt1 stream at noon of its last day."""
+    with _stream(world, clock) as srv:
         yield srv
 
 
 @pytest.fixture
 def empty_server(world: World) -> Iterator[Kt1Server]:
     """A stream whose clock is before the world starts: only what a test enqueues is served."""
-    before = Clock(datetime(2024, 1, 1, tzinfo=UTC))
-    with Kt1Server(
-        world,
-        token=TOKEN,
-        clock=before,
-        long_poll_s=LONG_POLL_S,
-        redelivery_s=REDELIVERY_S,
-        batch_size=BATCH,
-    ) as srv:
+    with _stream(world, Clock(datetime(2024, 1, 1, tzinfo=UTC))) as srv:
         yield srv
 
 

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -26,7 +25,13 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from pipelines.lake import Lake
 from tests.conftest import FleetEnv
-from tests.servers import PostgresServer, Process, RedisServer
+from tests.support.servers import (
+    PostgresServer,
+    Process,
+    RedisServer,
+    start_celery_workers,
+    stop_workers,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -85,49 +90,11 @@ def cluster(
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    workers: dict[str, Process] = {}
+    workers = start_celery_workers(WORKERS, DEPLOY / "celery.yaml", tmp_path, READY_TIMEOUT_S)
     try:
-        for name in WORKERS:
-            workers[name] = Process.start(
-                name,
-                [
-                    str(BIN / "dagster-celery"),
-                    "worker",
-                    "start",
-                    "-A",
-                    "dagster_celery.app",
-                    "-y",
-                    str(DEPLOY / "celery.yaml"),
-                    "-n",
-                    name,
-                    "--",
-                    # One step at a time in the worker's own process: a second step waiting
-                    # for a worker goes to the idle one.
-                    "--pool=solo",
-                    "--without-mingle",
-                    "--without-gossip",
-                ],
-                tmp_path / f"{name}.log",
-                env=env,
-                cwd=tmp_path,  # as fleet_env: no developer's .env
-            )
-        for process in workers.values():
-            _wait_ready(process)
         yield Cluster(env, home, database, workers)
     finally:
-        for process in workers.values():
-            process.grace_s = 10.0
-            process.stop()
-
-
-def _wait_ready(process: Process) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if re.search(rf"{process.name}@\S+ ready", process.log_tail(50)):
-            return
-        assert process.alive(), f"worker {process.name} exited:\n{process.log_tail()}"
-        time.sleep(0.2)
-    raise AssertionError(f"worker {process.name} not ready:\n{process.log_tail()}")
+        stop_workers(workers.values())
 
 
 def test_a_run_executes_its_steps_on_two_celery_workers_with_storage_on_postgres(

@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipelines.http import (
-    RETRY_LOG,
-    ApiClient,
-    RetryPolicy,
-    SlidingWindowLimiter,
-    VendorAPIError,
-    parse_json_error,
-)
+from pipelines.error_bodies import parse_json_error
+from pipelines.http import RETRY_LOG, ApiClient, VendorAPIError
+from pipelines.ratelimit import SlidingWindowLimiter
+from pipelines.retry import RetryPolicy
 from pipelines.simulator.httpd import Response, SimServer
+from tests.support.rate_limits import max_in_any_window
 
 N, WINDOW = 4, 0.4
 
@@ -30,7 +27,7 @@ HAMMER = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from pipelines.http import SlidingWindowLimiter
+    from pipelines.ratelimit import SlidingWindowLimiter
     db, n, window, count, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     limiter = SlidingWindowLimiter("shared-api", n, window, Path(db))
     # Start together, whatever the imports cost on a busy machine: ready, then wait for go.
@@ -46,16 +43,6 @@ HAMMER = textwrap.dedent(
     Path(out).write_text(json.dumps(sent))
     """
 )
-
-
-def _max_in_any_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def test_two_processes_never_put_more_than_n_requests_in_any_window(tmp_path: Path) -> None:
@@ -76,7 +63,7 @@ def test_two_processes_never_put_more_than_n_requests_in_any_window(tmp_path: Pa
         assert p.wait(timeout=60) == 0
     sent = [t for out in outs for t in json.loads(out.read_text())]
     assert len(sent) == 28
-    assert _max_in_any_window(sent, WINDOW) <= N
+    assert max_in_any_window(sent, WINDOW) <= N
     # Both processes made progress interleaved, not one after the other.
     first, second = (json.loads(o.read_text()) for o in outs)
     assert min(second) < max(first) and min(first) < max(second)

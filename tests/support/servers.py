@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,14 @@ def _die_with_parent(sig: int) -> Callable[[], None] | None:
     return preexec
 
 
+def as_user(user: str | None) -> dict[str, Any]:
+    """`subprocess` arguments that run a child as `user` with that user's group only (none:
+    as ourselves), so a server started as root can drop to an unprivileged user."""
+    if not user:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 @dataclass
 class Process:
     """A server process in a process group of its own, its output kept in a log file."""
@@ -105,10 +114,8 @@ class Process:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                user=user,
-                group=pwd.getpwnam(user).pw_gid if user else None,
-                extra_groups=[] if user else None,
                 preexec_fn=_die_with_parent(stop_signal),
+                **as_user(user),
             )
         return cls(name, popen, log_path, stop_signal)
 
@@ -311,10 +318,8 @@ def _reachable(bin_dir: Path, os_user: str | None, base: Path) -> Path:
         subprocess.run(
             [str(bin_dir / "postgres"), "--version"],
             capture_output=True,
-            user=os_user,
-            group=pwd.getpwnam(os_user).pw_gid,
-            extra_groups=[],
             check=True,
+            **as_user(os_user),
         )
         return bin_dir
     except (PermissionError, subprocess.CalledProcessError):
@@ -363,10 +368,8 @@ def start_postgres(bin_dir: Path | None = None) -> Iterator[PostgresServer]:
             capture_output=True,
             text=True,
             env=env,
-            user=os_user,
-            group=pwd.getpwnam(os_user).pw_gid if os_user else None,
-            extra_groups=[] if os_user else None,
             check=False,
+            **as_user(os_user),
         )
         if init.returncode:
             raise ServerUnavailable(
@@ -587,6 +590,65 @@ def start_redis(data_dir: Path) -> Iterator[RedisServer]:
         yield RedisServer(process_port(process), process)
     finally:
         process.stop()
+
+
+# --- Celery workers -------------------------------------------------------------------------
+
+
+def start_celery_workers(
+    names: Iterable[str], celery_yaml: Path, cwd: Path, ready_timeout_s: float
+) -> dict[str, Process]:
+    """`dagster-celery` workers of this venv as a deployment runs them, each ready to take a
+    step (its log says so) on return. Each runs one step at a time in its own process, so a
+    second step waiting for a worker goes to an idle one; `cwd` keeps a developer's .env out.
+    Should one not start, those already started are stopped."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    workers: dict[str, Process] = {}
+    try:
+        for name in names:
+            workers[name] = Process.start(
+                name,
+                [
+                    str(bin_dir / "dagster-celery"),
+                    "worker",
+                    "start",
+                    "-A",
+                    "dagster_celery.app",
+                    "-y",
+                    str(celery_yaml),
+                    "-n",
+                    name,
+                    "--",
+                    "--pool=solo",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                cwd / f"{name}.log",
+                env=env,
+                cwd=cwd,
+            )
+        for worker in workers.values():
+            _wait_ready(worker, ready_timeout_s)
+    except BaseException:
+        stop_workers(workers.values())
+        raise
+    return workers
+
+
+def _wait_ready(worker: Process, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not re.search(rf"{worker.name}@\S+ ready", worker.log_tail(50)):
+        assert worker.alive(), f"worker {worker.name} exited:\n{worker.log_tail()}"
+        assert time.monotonic() < deadline, f"worker {worker.name} not ready:\n{worker.log_tail()}"
+        time.sleep(0.2)
+
+
+def stop_workers(workers: Iterable[Process]) -> None:
+    """Stop Celery workers, giving each 10 s to finish its step."""
+    for worker in workers:
+        worker.grace_s = 10.0
+        worker.stop()
 
 
 # --- fixtures -------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from dagster import AssetKey, ExecuteInProcessResult, materialize
 from pipelines.lake import Lake
 from pipelines.simulator.kt1 import Kt1Server
 from pipelines.simulator.world import World
-from pipelines.sources.kt1.extract import QUARANTINE, TABLES
 from pipelines.sources.kt1.resources import Kt1Resource
+from pipelines.sources.kt1.schemas import QUARANTINE, TABLES
 
 TOKEN = "kt1-test-token-5f1e"
 LONG_POLL_S = 0.3

@@ -1,7 +1,7 @@
 """Child process of the kt1 crash tests: drain the stream, SIGKILL ourselves at a named stage.
 
-`python tests/kt1_crash_child.py URL LAKE_DIR STAGE NTH LONG_POLL_S GROUP_MAX_BATCHES`, token in
-KT1_TOKEN. STAGE is a drain stage (`after_get`, `mid_write`, `after_write`, `after_delete`) or
+`python -m tests.support.kt1_crash_child URL LAKE_DIR STAGE NTH LONG_POLL_S GROUP_MAX_BATCHES`
+(from the repository's root), token in KT1_TOKEN. STAGE is a drain stage (`after_get`, `mid_write`, `after_write`, `after_delete`) or
 `inside_write`: killed inside `Lake.write_file`, after the temp file is fsynced and before its
 rename. The process dies on the NTH time it reaches the stage; exit code 3 means it never did.
 """
@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pipelines.lake as lake_module
+import pipelines.atomic_files as lake_module
 from pipelines.lake import Lake
 from pipelines.sources.kt1.client import Kt1Client
 from pipelines.sources.kt1.drain import drain_stream

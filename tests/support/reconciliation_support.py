@@ -27,14 +27,13 @@ import yaml
 from dagster import AssetKey, materialize
 
 from pipelines.cli import failure_lines
+from pipelines.dbt import DBT_PROJECT_DIR
 from pipelines.simulator import autopi, avl, kt1, metrotec
 from pipelines.simulator.serve import DEMO_AVL_RATE, Simulators
 from pipelines.simulator.truth import identities
 from pipelines.simulator.world import Vehicle, World
 from tests.conftest import facts_env
 
-REPO = Path(__file__).resolve().parents[1]
-DBT_DIR = REPO / "dbt_models"
 SEED = 7  # the demo's fleet: the shipped vehicle_map and autopi_vehicle_tanks seeds know it
 VEHICLES = 20
 DAYS = 30
@@ -275,13 +274,13 @@ def read_facts(con: duckdb.DuckDBPyConnection, world: World) -> Facts:
 
 def seeded_identities() -> dict[tuple[str, str], str]:
     """The shipped vehicle_map seed: (source, source_vehicle_id) -> vehicle_id."""
-    with (DBT_DIR / "seeds" / "vehicle_map.csv").open(newline="") as fh:
+    with (DBT_PROJECT_DIR / "seeds" / "vehicle_map.csv").open(newline="") as fh:
         return {(r["source"], r["source_vehicle_id"]): r["vehicle_id"] for r in csv.DictReader(fh)}
 
 
 def dbt_var(name: str) -> Any:
     """A var of dbt_project.yml (the project's own settings, e.g. source priorities)."""
-    return yaml.safe_load((DBT_DIR / "dbt_project.yml").read_text())["vars"][name]
+    return yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"][name]
 
 
 def by_vehicle_day(
