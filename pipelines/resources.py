@@ -127,9 +127,11 @@ class SourceResource(ConfigurableResource):
                 values[field] = var.read(env)
             elif var.secret:
                 values[field] = secret(var.name)
-            elif var.name in env and var.parse is None:
+            elif var.name not in env:
+                continue  # the field's default
+            elif var.parse is None:
                 values[field] = env[var.name]
-            elif var.name in env and var.parse is not None:
+            else:
                 default = cls.model_fields[field].default
                 value = Parsed.of(var.name, env[var.name], var.parse, var.expected, default)
                 values[field] = value.value
