@@ -190,18 +190,24 @@ def test_a_killed_run_frees_its_source_and_the_next_run_completes(
     env, instance = home
     spec = SOURCES[source]
     # The repro: a CLI run in its own session, SIGKILLed mid-way.
-    killed = subprocess.Popen(
-        [str(BIN / "dagster"), *spec.cli],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    said = tmp_path / "killed-cli.log"
+    with said.open("w") as out:
+        killed = subprocess.Popen(
+            [str(BIN / "dagster"), *spec.cli],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     dead = wait_for(
         "the CLI run to start and beat",
         lambda: [r for r in runs(instance, DagsterRunStatus.STARTED) if HEARTBEAT_TAG in r.tags],
         120,
+        lambda: (
+            f"{run_states(instance)}; the CLI exited {killed.poll()} and said:\n"
+            + said.read_text()[-4000:]
+        ),
     )[0]
     server = sims.servers[source]
     wait_for(f"{source} requests", lambda: len(server.requests()) >= spec.requests_before_kill, 60)
