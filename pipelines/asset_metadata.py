@@ -61,6 +61,18 @@ def raw_definition_metadata(source: str, table: str, schema: pa.Schema) -> dict[
     }
 
 
+def raw_asset_args(source: str, table: str, schema: pa.Schema) -> dict[str, Any]:
+    """The arguments every raw table's asset or spec shares (group, kinds, owners, tags and
+    definition metadata), so the four sources present their tables alike in the catalog."""
+    return {
+        "group_name": source,
+        "kinds": {"python", "parquet"},
+        "owners": OWNERS,
+        "tags": raw_tags(source),
+        "metadata": raw_definition_metadata(source, table, schema),
+    }
+
+
 ROW_COUNT_MAX_FILES = 10_000
 """Past this many files (AutoPi keeps one per trip: ~150k in a year of 200 vehicles) reading
 every footer after each run costs more than the run: such tables leave `dagster/row_count`

@@ -36,11 +36,9 @@ from dagster import (
 from pydantic import Field
 
 from pipelines.asset_metadata import (
-    OWNERS,
     landed_metadata,
-    raw_definition_metadata,
+    raw_asset_args,
     raw_key,
-    raw_tags,
 )
 from pipelines.http import VendorAPIError
 from pipelines.lake import QUARANTINE_TABLE, Lake
@@ -132,11 +130,7 @@ def build_autopi_exports() -> AssetsDefinition:
         specs=[
             AssetSpec(
                 raw_key(SOURCE, table),
-                group_name="autopi",
-                kinds={"python", "parquet"},
-                owners=OWNERS,
-                tags=raw_tags(SOURCE),
-                metadata=raw_definition_metadata(SOURCE, table, schema),
+                **raw_asset_args(SOURCE, table, schema),
                 description=DESCRIPTIONS[table],
             )
             for table, schema in ((TRIPS, TRIPS_SCHEMA), (DATAPOINTS, DATAPOINTS_SCHEMA))

@@ -29,13 +29,11 @@ from dagster import (
 from pydantic import Field
 
 from pipelines.asset_metadata import (
-    OWNERS,
     add_day_figures,
     day_figures,
     landed_metadata,
-    raw_definition_metadata,
+    raw_asset_args,
     raw_key,
-    raw_tags,
 )
 from pipelines.resources import LakeResource
 from pipelines.sources.avl.extract import AvlExtract, extract_trips
@@ -115,11 +113,7 @@ def _build_asset(partitions: DailyPartitionsDefinition) -> AssetsDefinition:
                 ),
             ),
         ],
-        group_name="avl",
-        kinds={"python", "parquet"},
-        owners=OWNERS,
-        tags=raw_tags(SOURCE),
-        metadata=raw_definition_metadata(SOURCE, TABLE, TRIPS_SCHEMA),
+        **raw_asset_args(SOURCE, TABLE, TRIPS_SCHEMA),
         description=(
             "AVL Trips Report rows, one row per trip, landed per UTC day of trip_start. "
             "Rows without trip_start are counted, not loaded; rows with a bad value are "

@@ -30,11 +30,9 @@ from dagster import (
 )
 
 from pipelines.asset_metadata import (
-    OWNERS,
     landed_metadata,
-    raw_definition_metadata,
+    raw_asset_args,
     raw_key,
-    raw_tags,
 )
 from pipelines.http import VendorAPIError
 from pipelines.lake import Lake
@@ -84,11 +82,7 @@ def _build_asset() -> AssetsDefinition:
     specs = [
         AssetSpec(
             key=key,
-            group_name=SOURCE,
-            kinds={"python", "parquet"},
-            owners=OWNERS,
-            tags=raw_tags(SOURCE),
-            metadata=raw_definition_metadata(SOURCE, table, SCHEMAS[table]),
+            **raw_asset_args(SOURCE, table, SCHEMAS[table]),
             description=(
                 f"kt1 export stream, {table}: {_DESCRIPTIONS[table]} Landed per UTC day of the "
                 "item's own timestamp; redeliveries land again and are removed by item identity "

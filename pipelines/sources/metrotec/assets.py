@@ -39,12 +39,10 @@ from dagster import (
 )
 
 from pipelines.asset_metadata import (
-    OWNERS,
     add_day_figures,
     landed_metadata,
-    raw_definition_metadata,
+    raw_asset_args,
     raw_key,
-    raw_tags,
 )
 from pipelines.atomic_files import WriteResult
 from pipelines.http import VendorAPIError
@@ -62,7 +60,6 @@ from pipelines.sources.metrotec.specs import SOURCE, SPECS, TABLES
 VEHICLES_KEY = raw_key(SOURCE, "vehicles")
 TABLE_KEYS = {table: raw_key(SOURCE, table) for table in TABLES}
 POOL = "metrotec_api"
-GROUP = "metrotec"
 JOB_NAME = "metrotec_refresh"
 SCHEDULE_NAME = "metrotec_daily"
 VEHICLES_CHECK = "vehicles_listed"
@@ -191,11 +188,7 @@ def _build_vehicles_asset() -> AssetsDefinition:
     @asset(
         key=VEHICLES_KEY,
         pool=POOL,
-        group_name=GROUP,
-        kinds={"python", "parquet"},
-        owners=OWNERS,
-        tags=raw_tags(SOURCE),
-        metadata=raw_definition_metadata(SOURCE, "vehicles", SPECS["vehicles"].schema),
+        **raw_asset_args(SOURCE, "vehicles", SPECS["vehicles"].schema),
         check_specs=[
             AssetCheckSpec(
                 VEHICLES_CHECK,
@@ -277,12 +270,8 @@ def _build_activity_assets(partitions: DailyPartitionsDefinition) -> AssetsDefin
             AssetSpec(
                 key,
                 deps=[VEHICLES_KEY],
-                group_name=GROUP,
-                kinds={"python", "parquet"},
                 description=DESCRIPTIONS[table],
-                owners=OWNERS,
-                tags=raw_tags(SOURCE),
-                metadata=raw_definition_metadata(SOURCE, table, SPECS[table].schema),
+                **raw_asset_args(SOURCE, table, SPECS[table].schema),
             )
             for table, key in TABLE_KEYS.items()
         ],
