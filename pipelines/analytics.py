@@ -28,6 +28,7 @@ import jinja2.runtime
 import yaml
 
 from pipelines import facts
+from pipelines.dbt_vars import DBT_PROJECT_DIR
 from pipelines.facts import FactsCatalog, FactsError
 
 # The only tables the questions may read: the marts of docs/facts.md, in the `main` schema.
@@ -46,7 +47,6 @@ REFERENCE_DAYS = 7
 REFERENCE_NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 REGENERATE = ".venv/bin/python -m pipelines.analytics --reference --write docs/analytics.md"
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_models"
 ANALYSES_DIR = DBT_PROJECT_DIR / "analyses"
 # The macros the analyses call (the shared `names` CTE), pasted in so each query stands alone.
 ANALYSIS_MACROS = DBT_PROJECT_DIR / "macros" / "vehicle_names.sql"
