@@ -143,6 +143,9 @@ def home(tmp_path: Path, sims: Simulators) -> Iterator[tuple[dict[str, str], Dag
         FLEET_RUN_HEARTBEAT_S="0.5",
         FLEET_RUN_STALE_AFTER_S="4",
     )
+    # The instance's storage is made here, before any other process opens it: the daemon and
+    # the CLI would otherwise race to create the same SQLite tables.
+    instance = DagsterInstance.from_config(str(dagster_home))
     log = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
@@ -152,7 +155,6 @@ def home(tmp_path: Path, sims: Simulators) -> Iterator[tuple[dict[str, str], Dag
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    instance = DagsterInstance.from_config(str(dagster_home))
     try:
         yield env, instance
     finally:
