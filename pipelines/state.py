@@ -35,6 +35,34 @@ _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _POSTGRES_NOW = "extract(epoch from clock_timestamp())::double precision"
 
 
+SQLITE_BUSY_S = 60.0
+"""How long a SQLite state database may stay locked by other processes before we give up."""
+
+
+def _open_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite state database in WAL mode (readers never wait for writers).
+
+    Processes that open a new database together (a demo's runs, two workers' first runs) race
+    to switch it to WAL, and SQLite answers the loser `database is locked` at once, without
+    waiting its busy timeout. So that switch alone is retried until `SQLITE_BUSY_S`.
+    """
+    conn = sqlite3.connect(
+        path, timeout=SQLITE_BUSY_S, isolation_level=None, check_same_thread=False
+    )
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
+    conn.execute("PRAGMA synchronous=FULL")  # a ledger record survives a crash
+    return conn
+
+
 class StateURLError(ValueError):
     """FLEET_STATE_URL is not a form we can open; the message is the one line to fix it."""
 
@@ -139,11 +167,7 @@ class StateStore:
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = sqlite3.connect(
-                    self.path, timeout=60, isolation_level=None, check_same_thread=False
-                )
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=FULL")  # a ledger record survives a crash
+                self._conn = _open_sqlite(self.path)
             except (OSError, sqlite3.Error) as exc:
                 raise ConnectionError(
                     f"shared state {self.describe()} cannot be opened: {exc}; check "

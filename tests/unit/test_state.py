@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +100,36 @@ def test_the_retired_ratelimit_variable_is_named_in_one_warning(monkeypatch) -> 
     assert (
         line.startswith("FLEET_RATELIMIT_DB is retired and ignored") and "FLEET_STATE_URL" in line
     )
+
+
+def _open_and_write(path: Path, go: Any, answers: Any) -> None:
+    go.wait()
+    try:
+        store = StateStore(f"sqlite:///{path}")
+        store.ensure_schema("race", "CREATE TABLE IF NOT EXISTS race (pid INTEGER)")
+        with store.transaction("race") as tx:
+            tx.execute("INSERT INTO race (pid) VALUES (?)", (os.getpid(),))
+        answers.put("ok")
+    except Exception as exc:
+        answers.put(str(exc))
+
+
+def test_processes_opening_a_new_sqlite_state_together_all_get_it(tmp_path: Path) -> None:
+    """Runs starting together on a fresh state file (the demo, two workers' first runs) each
+    open it; SQLite answers the loser of the switch to WAL `database is locked` at once, which
+    failed that run before any request was sent."""
+    forked = multiprocessing.get_context("fork")
+    answers: list[str] = []
+    for round_ in range(60):
+        path = tmp_path / f"state{round_}.sqlite3"
+        go, queue = forked.Event(), forked.Queue()
+        procs = [forked.Process(target=_open_and_write, args=(path, go, queue)) for _ in range(3)]
+        for proc in procs:
+            proc.start()
+        go.set()
+        answers += [queue.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        with sqlite3.connect(path) as con:
+            assert con.execute("SELECT count(*) FROM race").fetchone() == (3,)
+    assert set(answers) == {"ok"}, [a for a in answers if a != "ok"][:3]
