@@ -15,6 +15,7 @@ from datetime import date, datetime
 
 import pytest
 
+from pipelines.dbt_vars import dbt_var
 from pipelines.simulator.truth import DayTruth, day_truths, identities, trips_by_start
 from pipelines.simulator.world import Trip, Vehicle, World
 from tests.conftest import facts_connect
@@ -27,7 +28,6 @@ from tests.support.reconciliation_support import (
     FactTrip,
     build_everything,
     by_vehicle_day,
-    dbt_var,
     read_facts,
     reconciliation_world,
     seeded_identities,

@@ -23,11 +23,10 @@ from typing import Any
 
 import duckdb
 import pytest
-import yaml
 from dagster import AssetKey, materialize
 
 from pipelines.cli import failure_lines
-from pipelines.dbt import DBT_PROJECT_DIR
+from pipelines.dbt_vars import DBT_PROJECT_DIR
 from pipelines.simulator import autopi, avl, kt1, metrotec
 from pipelines.simulator.serve import DEMO_AVL_RATE, Simulators
 from pipelines.simulator.truth import identities
@@ -276,11 +275,6 @@ def seeded_identities() -> dict[tuple[str, str], str]:
     """The shipped vehicle_map seed: (source, source_vehicle_id) -> vehicle_id."""
     with (DBT_PROJECT_DIR / "seeds" / "vehicle_map.csv").open(newline="") as fh:
         return {(r["source"], r["source_vehicle_id"]): r["vehicle_id"] for r in csv.DictReader(fh)}
-
-
-def dbt_var(name: str) -> Any:
-    """A var of dbt_project.yml (the project's own settings, e.g. source priorities)."""
-    return yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"][name]
 
 
 def by_vehicle_day(
