@@ -21,11 +21,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -36,6 +36,7 @@ from pipelines.simulator.avl import AvlServer
 from pipelines.simulator.avl import env as avl_env
 from pipelines.simulator.world import World
 from tests.conftest import SIM_NOW, WORLD_END, facts_connect, facts_env
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,6 @@ FCT_TRIPS_BUILT = re.compile(
 )
 _OURS = ("AVL_", "AUTOPI_", "KT1_", "METROTEC_", "FLEET_", "DAGSTER_HOME")
 
-T = TypeVar("T")
 
 # An analyst's process: asks the two questions again and again until told to stop, one JSON
 # line per answer. `held`: one connection for the whole run; `fresh`: a new one per answer.
@@ -84,16 +84,6 @@ with out.open("a") as log:
         log.flush()
         time.sleep(0.05)
 """
-
-
-def wait_for(what: str, predicate: Callable[[], T], timeout_s: float, poll_s: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from pipelines.retry import RetryPolicy
 from pipelines.simulator.kt1 import Kt1Server
 from pipelines.sources.kt1.client import AckOutcome, Kt1Client
 from pipelines.sources.kt1.extract import split_batches
-from tests.support.kt1_support import BEFORE_ANY_DATA, TOKEN, small_world, start_server, wait_until
+from tests.support.kt1_support import BEFORE_ANY_DATA, TOKEN, small_world, start_server
+from tests.support.polling import wait_for
 
 
 def markers(n: int, start: int = 0) -> list[dict]:
@@ -132,7 +133,8 @@ def test_a_500_that_keeps_coming_back_at_once_fails_with_one_line(server, delays
 def test_deleting_an_expired_batch_is_logged_not_fatal(server, client, caplog) -> None:
     server.enqueue(markers(3))
     batch = client.next_batch()
-    wait_until(lambda: server.in_flight() == 0)  # the redelivery window passed
+    # The redelivery window passes: the batch goes back to the queue.
+    wait_for("no batch in flight", lambda: server.in_flight() == 0, 10, poll_s=0.05)
     with caplog.at_level(logging.WARNING, logger="pipelines.sources.kt1.client"):
         assert client.acknowledge(batch.batch_id) is AckOutcome.EXPIRED
     assert "already expired, it will be redelivered" in caplog.text

@@ -31,8 +31,8 @@ from tests.support.kt1_support import (
     run_drain,
     small_world,
     start_server,
-    wait_until,
 )
+from tests.support.polling import wait_for
 from tests.support.runs import run_assets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +81,12 @@ def crashed(tmp_path_factory):
                 scenarios[stage] = Scenario(world, server, server.pending())
                 scenarios[stage].exit_code = kill_drain_at(server, tmp / "lake", stage)
             for scenario in scenarios.values():
-                wait_until(lambda s=scenario: s.server.in_flight() == 0)  # redelivered
+                wait_for(  # every batch the kill cut off is redelivered
+                    "no batch in flight",
+                    lambda s=scenario: s.server.in_flight() == 0,
+                    10,
+                    poll_s=0.05,
+                )
                 assert run_drain(scenario.server).success
             built = run_assets([AssetKey(name) for name in STAGING], tags=fact_days())
             assert built.success  # includes the unique/not_null tests of every staging key

@@ -46,8 +46,8 @@ from tests.support.kt1_support import (
     run_drain,
     small_world,
     start_server,
-    wait_until,
 )
+from tests.support.polling import wait_for
 
 
 def no_wait(seconds: float) -> None:
@@ -367,7 +367,8 @@ def test_cut_responses_and_5xx_bursts_lose_nothing(world, fleet_env) -> None:
         expected = server.pending()
         server.faults.update(next_cut=2, next_5xx=3)
         first = drain_stream(client, lake, budget_s=30, group_max_batches=4)
-        wait_until(lambda: server.in_flight() == 0)  # cut GETs took batches we never read
+        # The cut GETs took batches we never read: wait until they are redelivered.
+        wait_for("no batch in flight", lambda: server.in_flight() == 0, 10, poll_s=0.05)
         second = drain_stream(client, lake, budget_s=30, group_max_batches=4)
     finally:
         client.close()

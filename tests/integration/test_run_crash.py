@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -31,6 +31,7 @@ from pipelines.simulator.serve import Simulators, start_all
 from pipelines.simulator.world import World
 from tests.conftest import SIM_NOW, WORLD_END, facts_env
 from tests.integration.test_avl_asset import truth
+from tests.support.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -79,21 +80,6 @@ SOURCES = {
         requests_before_kill=6,
     ),
 }
-
-
-def wait_for(
-    what: str,
-    predicate: Callable[[], object],
-    timeout_s: float,
-    state: Callable[[], str] = lambda: "",
-) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{state()}")
 
 
 def run_states(instance: DagsterInstance) -> str:
@@ -206,7 +192,7 @@ def test_a_killed_run_frees_its_source_and_the_next_run_completes(
         "the CLI run to start and beat",
         lambda: [r for r in runs(instance, DagsterRunStatus.STARTED) if HEARTBEAT_TAG in r.tags],
         120,
-        lambda: (
+        state=lambda: (
             f"{run_states(instance)}; the CLI exited {killed.poll()} and said:\n"
             + said.read_text()[-4000:]
         ),
@@ -233,7 +219,7 @@ def test_a_killed_run_frees_its_source_and_the_next_run_completes(
         # The dead run is noticed within seconds; the rest is the run itself, which shares
         # two cores with the facts build its landing starts and, in CI, with other tests.
         600,
-        lambda: run_states(instance),
+        state=lambda: run_states(instance),
     )
     assert finished[0].status == DagsterRunStatus.SUCCESS, failure_of(instance, finished[0])
     failed = instance.get_run_by_id(dead.run_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -102,15 +101,6 @@ def lake_rows(lake_dir: Path, tables: Iterable[str] = (*TABLES, QUARANTINE)) -> 
         parts = [pq.read_table(p) for p in lake.files("kt1", table)]
         out[table] = pa.concat_tables(parts).to_pylist() if parts else []
     return out
-
-
-def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
-    """Poll a condition of the simulator (redelivery runs on wall time)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def _instant(value: Any) -> datetime:
